@@ -1,0 +1,38 @@
+# One-command entry points. Each target creates ./.venv on a fresh machine and installs what it needs.
+# torch is pinned to the CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+HYPOTHESIS_PROFILE ?= ci
+
+.PHONY: test test-slow lint compare docs bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.stamp-%: pyproject.toml | $(PY)
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$*]"
+	touch $@
+
+## Run the default test suite (fast: what CI runs first).
+test: $(VENV)/.stamp-test
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q -m "not slow"
+
+## Run the slow tests only.
+test-slow: $(VENV)/.stamp-test
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.stamp-test
+	$(PY) -m ruff check tensorpeft tests benchmarks
+	$(PY) -m ruff format --check tensorpeft tests benchmarks
+
+## The main job: fine-tuning comparison on a real pretrained model and real data.
+compare: $(VENV)/.stamp-demo
+	$(VENV)/bin/tensorpeft compare $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build

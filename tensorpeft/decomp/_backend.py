@@ -1,0 +1,237 @@
+"""Array-type dispatch: the handful of operations the core needs, for numpy and torch arrays.
+
+There is no global backend switch (TensorLy's ``set_backend``): every function looks at the type of
+the arrays it receives, as opt_einsum does. torch is imported only when a torch tensor (or the name
+``"torch"``) is actually seen, so the core imports and runs with numpy alone.
+
+This module is hand-written rather than taken from TensorLy because TensorLy's dispatch is global
+state; we need per-call dispatch so that numpy and torch factors can coexist in one process.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BACKENDS", "Ops", "ops_for", "ops_named"]
+
+BACKENDS = ("numpy", "torch")
+
+
+def _is_torch(array: Any) -> bool:
+    # Only look at torch if it is already imported: a torch tensor cannot exist otherwise.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(array, torch.Tensor)
+
+
+class Ops:
+    """The operations of one array library, with a uniform signature."""
+
+    name = "abstract"
+
+    def is_array(self, x: Any) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class NumpyOps(Ops):
+    """numpy implementation."""
+
+    name = "numpy"
+
+    def is_array(self, x):
+        return isinstance(x, np.ndarray)
+
+    def default_dtype(self):
+        return np.dtype(np.float64)
+
+    def resolve_dtype(self, dtype):
+        return self.default_dtype() if dtype is None else np.dtype(dtype)
+
+    def dtype_of(self, x):
+        return x.dtype
+
+    def is_floating(self, x):
+        return np.issubdtype(x.dtype, np.floating)
+
+    def generator(self, seed):
+        return np.random.default_rng(seed)
+
+    def normal(self, gen, shape, std, dtype):
+        return (gen.standard_normal(shape) * std).astype(dtype)
+
+    def zeros(self, shape, dtype, like=None):
+        return np.zeros(shape, dtype=dtype)
+
+    def eye(self, n, dtype, like=None):
+        return np.eye(n, dtype=dtype)
+
+    def asarray(self, x, like):
+        return np.asarray(x, dtype=like.dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def all_finite(self, x):
+        return bool(np.isfinite(x).all())
+
+    def einsum(self, eq, *ops):
+        return np.einsum(eq, *ops, optimize=len(ops) > 1)
+
+    def svd(self, x):
+        return np.linalg.svd(x, full_matrices=False)
+
+    def eigh(self, x):
+        return np.linalg.eigh(x)
+
+    def qr(self, x):
+        return np.linalg.qr(x)
+
+    def pinv_hermitian(self, x):
+        return np.linalg.pinv(x, hermitian=True)
+
+    def norm(self, x):
+        return float(np.linalg.norm(np.ravel(x)))
+
+    def flip(self, x, axis):
+        return np.flip(x, axis=axis)
+
+    def swapaxes(self, x, a, b):
+        return np.swapaxes(x, a, b)
+
+    def concatenate(self, arrays, axis):
+        return np.concatenate(arrays, axis=axis)
+
+
+class TorchOps(Ops):
+    """torch implementation (imported lazily)."""
+
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def is_array(self, x):
+        return isinstance(x, self.torch.Tensor)
+
+    def default_dtype(self):
+        return self.torch.get_default_dtype()
+
+    def resolve_dtype(self, dtype):
+        if dtype is None:
+            return self.default_dtype()
+        if isinstance(dtype, self.torch.dtype):
+            return dtype
+        # accept numpy-style names ("float32", np.float64, ...)
+        return getattr(self.torch, np.dtype(dtype).name)
+
+    def dtype_of(self, x):
+        return x.dtype
+
+    def is_floating(self, x):
+        return x.is_floating_point()
+
+    def generator(self, seed):
+        gen = self.torch.Generator()
+        gen.manual_seed(int(seed))
+        return gen
+
+    def normal(self, gen, shape, std, dtype):
+        return self.torch.randn(tuple(shape), generator=gen, dtype=dtype) * std
+
+    def zeros(self, shape, dtype, like=None):
+        device = like.device if like is not None else None
+        return self.torch.zeros(tuple(shape), dtype=dtype, device=device)
+
+    def eye(self, n, dtype, like=None):
+        device = like.device if like is not None else None
+        return self.torch.eye(n, dtype=dtype, device=device)
+
+    def asarray(self, x, like):
+        return self.torch.as_tensor(np.asarray(x), dtype=like.dtype, device=like.device)
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy()
+
+    def all_finite(self, x):
+        return bool(self.torch.isfinite(x).all())
+
+    def einsum(self, eq, *ops):
+        return self.torch.einsum(eq, *ops)
+
+    def svd(self, x):
+        return self.torch.linalg.svd(x, full_matrices=False)
+
+    def eigh(self, x):
+        return self.torch.linalg.eigh(x)
+
+    def qr(self, x):
+        return self.torch.linalg.qr(x)
+
+    def pinv_hermitian(self, x):
+        return self.torch.linalg.pinv(x, hermitian=True)
+
+    def norm(self, x):
+        return float(self.torch.linalg.vector_norm(x.detach()))
+
+    def flip(self, x, axis):
+        return self.torch.flip(x, dims=(axis,))
+
+    def swapaxes(self, x, a, b):
+        return self.torch.swapaxes(x, a, b)
+
+    def concatenate(self, arrays, axis):
+        return self.torch.cat(list(arrays), dim=axis)
+
+
+_NUMPY = NumpyOps()
+_TORCH: TorchOps | None = None
+
+
+def _torch_ops() -> TorchOps:
+    global _TORCH
+    if _TORCH is None:
+        _TORCH = TorchOps()
+    return _TORCH
+
+
+def ops_named(backend: str) -> Ops:
+    """Return the operations for ``backend`` ("numpy" or "torch").
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` is not one of :data:`BACKENDS`.
+    """
+    if backend == "numpy":
+        return _NUMPY
+    if backend == "torch":
+        try:
+            return _torch_ops()
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("`backend`='torch' needs torch: pip install torch") from exc
+    raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}.")
+
+
+def ops_for(*arrays: Any, argument: str = "arrays") -> Ops:
+    """Return the operations of the library the arrays belong to.
+
+    Raises
+    ------
+    TypeError
+        If an array is neither numpy nor torch, or if numpy and torch arrays are mixed.
+    """
+    kinds = set()
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            kinds.add("numpy")
+        elif _is_torch(a):
+            kinds.add("torch")
+        else:
+            raise TypeError(f"`{argument}` must be numpy arrays or torch tensors, got {type(a).__name__}.")
+    if len(kinds) > 1:
+        raise TypeError(f"`{argument}` mixes numpy arrays and torch tensors; use one array library.")
+    return ops_named(kinds.pop() if kinds else "numpy")

@@ -1,0 +1,128 @@
+"""CP over the whole update tensor (LoRTA): layers × matrix type × heads × d_head × d_in."""
+
+from __future__ import annotations
+
+import math
+
+from . import _als
+from ._network import fresh_letters
+from ._stacked import StackedFormat
+from ._validate import check_positive_int
+
+__all__ = ["CP"]
+
+
+class CP(StackedFormat):
+    r"""One CP decomposition of the whole stacked update (LoRTA).
+
+    Parameters
+    ----------
+    stack : tuple of int
+        Sizes of the stacked modes, e.g. ``(layers, 4)`` for q, k, v, o of every layer.
+    out_features, in_features : int
+        Matrix shape ``d_out × d_in``.
+    rank : int
+        CP rank ``R`` (no upper bound).
+    heads : int, optional
+        Split the output mode into ``(heads, out_features // heads)``; the output index is head-major
+        (``o = h·d_head + j``, row-major as :func:`numpy.reshape`), so head ``h`` owns rows
+        ``h·d_head … (h+1)·d_head − 1`` — the layout of a fused attention projection.
+
+    Notes
+    -----
+    Factors: ``stack{k}`` ``(n_k, R)`` per stack mode, ``heads`` ``(H, R)`` when split, ``out``
+    ``(d_out / H, R)`` and ``in`` ``(d_in, R)``. For slice ``s`` and head ``h``:
+    :math:`\Delta W_{s}[h] = \text{out}\,\operatorname{diag}(c_s \odot \text{heads}_h)\,\text{in}^\top`,
+    :math:`c_s = \odot_k \text{stack}_k[s_k]`. ``out`` starts at zero (LoRTA's ``B = 0``).
+    Parameters: :math:`R(\sum \text{stack} + d_\text{out} + d_\text{in})`, or with heads
+    :math:`R(\sum \text{stack} + H + d_\text{out}/H + d_\text{in})`; stack (12, 4), 768×768, 12 heads: 860 R.
+    Stack and head factors are drawn with unit variance, ``in`` and ``out`` with ``1/sqrt(d)``.
+
+    References
+    ----------
+    Hounie et al., "LoRTA: Low Rank Tensor Adaptation of Large Language Models", arXiv:2410.04060.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> f = decomp.CP(stack=(12, 4), out_features=768, in_features=768, rank=8, heads=12)
+    >>> f.num_params
+    6880
+    >>> f.factor_shapes["heads"], f.factor_shapes["out"]
+    ((12, 8), (64, 8))
+    """
+
+    def __init__(self, stack, out_features, in_features, rank, heads=None):
+        stack, out_features, in_features = self._check_common(stack, out_features, in_features)
+        self.rank = check_positive_int(rank, "rank")
+        if heads is not None:
+            heads = check_positive_int(heads, "heads")
+            if out_features % heads:
+                raise ValueError(f"`heads`={heads} must divide `out_features`={out_features}.")
+        self.heads = heads
+        s = fresh_letters(len(stack), avoid="hoiR")
+        sizes = dict(zip(s, stack, strict=True)) | {"o": out_features, "i": in_features, "R": self.rank}
+        terms = [f"{c}R" for c in s]
+        names = [f"stack{k}" for k in range(len(stack))]
+        out = "o"
+        if heads is not None:
+            sizes |= {"h": heads, "o": out_features // heads}
+            terms.append("hR")
+            names.append("heads")
+            out = "ho"
+        terms += ["oR", "iR"]
+        names += ["out", "in"]
+        super().__init__(
+            f"{','.join(terms)}->{s}{out}i",
+            sizes,
+            stack_indices=s,
+            out_indices=out,
+            in_indices="i",
+            factor_names=tuple(names),
+            zero_factor="out",
+        )
+
+    def _args(self):
+        return super()._args() | {"rank": self.rank, "heads": self.heads}
+
+    @classmethod
+    def _max_scale(cls, **kwargs):
+        return None
+
+    def init_std(self, name):
+        """Unit variance for stack and head factors, ``1/sqrt(size)`` for ``out`` and ``in``."""
+        if name == "out":
+            return 1.0 / math.sqrt(self.sizes["o"])
+        if name == "in":
+            return 1.0 / math.sqrt(self.in_features)
+        return 1.0
+
+    def fit(self, dense, *, init=None, n_iter_max: int = 500, tol: float = 1e-12, seed: int = 0):
+        """CP-ALS from an SVD initialization (leading left singular vectors of each unfolding).
+
+        Random columns pad the modes smaller than the rank. Returns ``(factors, rel_err)``.
+        """
+        ops = self.check_dense(dense)
+        if init is None:
+            init = self._svd_init(dense, ops, seed)
+        else:
+            self.check_factors(init, argument="init")
+        return _als.fit_als(self, dense, init, n_iter_max=n_iter_max, tol=tol, ops=ops)
+
+    def _svd_init(self, dense, ops, seed):
+        target = dense.reshape(tuple(self.sizes[c] for c in self._output))
+        padding = self.random(seed=seed, backend=ops.name, dtype=ops.dtype_of(dense))
+        factors = {}
+        for name, term in self.factor_indices.items():
+            letter = term[0]
+            axis = self._output.index(letter)
+            n = self.sizes[letter]
+            unfolding = ops.swapaxes(target, 0, axis).reshape((n, -1))
+            u, s, _ = ops.svd(unfolding)
+            k = min(self.rank, u.shape[1])
+            columns = u[:, :k] * s[:k] ** (1.0 / len(self.factor_names))
+            if k < self.rank:
+                factors[name] = ops.concatenate([columns, padding[name][:, k:]], axis=1)
+            else:
+                factors[name] = columns
+        return factors

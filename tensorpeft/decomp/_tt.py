@@ -1,0 +1,196 @@
+"""Tensor-train updates (TT-LoRA), optionally with the stack modes in the train (MetaTT)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _als
+from ._network import fresh_letters
+from ._stacked import StackedFormat
+from ._validate import check_modes, check_positive_int
+
+__all__ = ["TensorTrain", "balanced_modes"]
+
+
+def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
+    """Factor ``n`` into about ``n_modes`` near-equal integer modes (descending).
+
+    Prime factors are dealt, largest first, to the currently smallest mode; modes left at 1 are
+    dropped (a prime ``n`` gives ``(n,)``). Default ``n_modes``: ``ceil(log(n) / log(12))``, so that
+    768 → (12, 8, 8).
+
+    Examples
+    --------
+    >>> balanced_modes(768)
+    (12, 8, 8)
+    >>> balanced_modes(3072, 2)
+    (64, 48)
+    """
+    n = check_positive_int(n, "n")
+    if n_modes is None:
+        n_modes = max(1, math.ceil(math.log(n) / math.log(12))) if n > 1 else 1
+    n_modes = check_positive_int(n_modes, "n_modes")
+    primes, m, p = [], n, 2
+    while p * p <= m:
+        while m % p == 0:
+            primes.append(p)
+            m //= p
+        p += 1
+    if m > 1:
+        primes.append(m)
+    modes = [1] * n_modes
+    for q in sorted(primes, reverse=True):
+        modes[modes.index(min(modes))] *= q
+    return tuple(sorted((x for x in modes if x > 1), reverse=True)) or (1,)
+
+
+class TensorTrain(StackedFormat):
+    r"""Tensor-train update (TT-LoRA); with ``share_stack`` one train runs over the stack too.
+
+    Parameters
+    ----------
+    stack : tuple of int
+        Sizes of the stacked modes.
+    out_features, in_features : int
+        Matrix shape ``d_out × d_in``.
+    rank : int or tuple of int
+        Bond ranks. An int is used for every bond, capped at that bond's bound; a tuple gives each of
+        the ``K − 1`` inner bonds explicitly and must respect the bounds: bond ``k`` is at most
+        ``min(prod of the modes left of it, prod of the modes right of it)``.
+    in_modes, out_modes : tuple of int, optional
+        Factorizations of ``in_features`` and ``out_features`` (products must match); default
+        :func:`balanced_modes`, descending for the input and ascending for the output so that the big
+        modes sit at the ends of the train. Row-major: ``i = i_1·(n_2 n_3) + i_2·n_3 + i_3``.
+    share_stack : bool
+        True: one train over ``(*stack, *in_modes, *out_modes)``. False: every slice has its own
+        train over ``(*in_modes, *out_modes)``.
+
+    Notes
+    -----
+    Cores ``core{k}`` ``(r_{k-1}, n_k, r_k)`` with ``r_0 = r_K = 1`` (prefixed by the stack modes
+    when not shared); the last core starts at zero. Parameters :math:`\sum_k r_{k-1} n_k r_k`
+    (times ``prod(stack)`` when not shared). 768×768, in (64, 4, 3), out (3, 4, 64), rank 5: 990.
+    Each core is drawn with std ``1/sqrt(r_{k-1} n_k)`` for input modes and ``1/sqrt(r_{k-1})``
+    otherwise, so every step of the contraction with ``x`` keeps unit scale.
+
+    References
+    ----------
+    Anjum et al., "Tensor Train Low-rank Approximation (TT-LoRA)", arXiv:2408.01008.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> f = decomp.TensorTrain((), 768, 768, rank=5, in_modes=(64, 4, 3), out_modes=(3, 4, 64))
+    >>> f.num_params, f.rank
+    (990, (5, 5, 5, 5, 5))
+    """
+
+    def __init__(self, stack, out_features, in_features, rank, in_modes=None, out_modes=None, share_stack=True):
+        stack, out_features, in_features = self._check_common(stack, out_features, in_features)
+        if in_modes is None:
+            in_modes = balanced_modes(in_features)
+        if out_modes is None:
+            out_modes = tuple(reversed(balanced_modes(out_features)))
+        self.in_modes = check_modes(in_modes, in_features, "in_modes", "in_features")
+        self.out_modes = check_modes(out_modes, out_features, "out_modes", "out_features")
+        self.share_stack = bool(share_stack)
+        train = (*stack, *self.in_modes, *self.out_modes) if self.share_stack else (*self.in_modes, *self.out_modes)
+        bounds = [min(math.prod(train[: k + 1]), math.prod(train[k + 1 :])) for k in range(len(train) - 1)]
+        self.rank = self._check_rank(rank, bounds)
+
+        s = fresh_letters(len(stack), avoid="")
+        i = fresh_letters(len(self.in_modes), avoid=s)
+        o = fresh_letters(len(self.out_modes), avoid=s + i)
+        b = fresh_letters(len(train) + 1, avoid=s + i + o)
+        sizes = dict(zip(s + i + o, (*stack, *self.in_modes, *self.out_modes), strict=True))
+        sizes |= dict(zip(b, (1, *self.rank, 1), strict=True))
+        mode_letters = (s if self.share_stack else "") + i + o
+        prefix = "" if self.share_stack else s
+        terms = [f"{prefix}{b[k]}{mode_letters[k]}{b[k + 1]}" for k in range(len(train))]
+        self._input_letters = i
+        super().__init__(
+            f"{','.join(terms)}->{s}{o}{i}",
+            sizes,
+            stack_indices=s,
+            out_indices=o,
+            in_indices=i,
+            factor_names=tuple(f"core{k}" for k in range(len(train))),
+            zero_factor=f"core{len(train) - 1}",
+        )
+
+    @staticmethod
+    def _check_rank(rank, bounds):
+        if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
+            rank = check_positive_int(rank, "rank")
+            return tuple(min(rank, bound) for bound in bounds)
+        if not isinstance(rank, tuple | list):
+            raise TypeError(f"`rank` must be an int or a tuple of {len(bounds)} bond ranks, got {rank!r}.")
+        if len(rank) != len(bounds):
+            raise ValueError(f"`rank` must have {len(bounds)} bond ranks (one per inner bond), got {len(rank)}.")
+        out = []
+        for k, (r, bound) in enumerate(zip(rank, bounds, strict=True)):
+            r = check_positive_int(r, f"rank[{k}]")
+            if r > bound:
+                raise ValueError(
+                    f"`rank[{k}]`={r} exceeds the bound {bound} of bond {k} "
+                    "(min of the products of the modes on either side); it must be <= that."
+                )
+            out.append(r)
+        return tuple(out)
+
+    def _args(self):
+        return super()._args() | {
+            "rank": self.rank,
+            "in_modes": self.in_modes,
+            "out_modes": self.out_modes,
+            "share_stack": self.share_stack,
+        }
+
+    @classmethod
+    def _max_scale(cls, **kwargs):
+        return cls(rank=10**9, **kwargs)._max_rank()
+
+    def _max_rank(self) -> int:
+        return max(self.rank)
+
+    def init_std(self, name):
+        """``1/sqrt(r_{k-1} n_k)`` on input-mode cores, ``1/sqrt(r_{k-1})`` on the others."""
+        term = self.factor_indices[name]
+        offset = 0 if self.share_stack else len(self.stack_indices)
+        left, mode = term[offset], term[offset + 1]
+        fan = self.sizes[left] * (self.sizes[mode] if mode in self._input_letters else 1)
+        return 1.0 / math.sqrt(fan)
+
+    def fit(self, dense, *, init=None, n_iter_max: int = 0, tol: float = 1e-12, seed: int = 0):
+        """TT-SVD (TensorLy's ``tensor_train``) per train, then ``n_iter_max`` optional ALS sweeps.
+
+        Returns ``(factors, rel_err)``.
+        """
+        from tensorly.decomposition import tensor_train
+
+        ops = self.check_dense(dense)
+        if init is None:
+            p = len(self.stack)
+            out_modes, in_modes = len(self.out_modes), len(self.in_modes)
+            target = ops.to_numpy(dense).astype(np.float64)
+            target = target.reshape((*self.stack, *self.out_modes, *self.in_modes))
+            feature_order = [p + out_modes + k for k in range(in_modes)] + [p + k for k in range(out_modes)]
+            target = target.transpose([*range(p), *feature_order])
+            ranks = [1, *self.rank, 1]
+            if self.share_stack:
+                cores = list(tensor_train(target, rank=ranks).factors)
+            else:
+                trains = [tensor_train(t, rank=ranks).factors for t in target.reshape((-1, *target.shape[p:]))]
+                cores = [
+                    np.stack([tr[k] for tr in trains]).reshape((*self.stack, *trains[0][k].shape))
+                    for k in range(len(ranks) - 1)
+                ]
+            init = {n: ops.asarray(c, like=dense) for n, c in zip(self.factor_names, cores, strict=True)}
+        else:
+            self.check_factors(init, argument="init")
+        if n_iter_max <= 0:
+            return init, self.relative_error(dense, init)
+        return _als.fit_als(self, dense, init, n_iter_max=n_iter_max, tol=tol, ops=ops)
