@@ -81,7 +81,8 @@ class OrthogonalProjection(StackedFormat):
 
     @classmethod
     def _from_scale(cls, scale, inner=None, **kwargs):
-        return cls(rank=scale, inner=max(scale, inner or scale), **kwargs)
+        # A fixed `inner` is kept as given (the constructor checks it); `_max_scale` keeps scale <= inner.
+        return cls(rank=scale, inner=scale if inner is None else inner, **kwargs)
 
     @classmethod
     def _max_scale(cls, inner=None, **kwargs):

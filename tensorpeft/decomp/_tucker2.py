@@ -18,7 +18,8 @@ def _leading_left_vectors(mat, k, ops):
     smaller Gram matrix per sweep is what makes the stack fit fast; see ``benchmarks/bench_fit.py``.
     """
     m, n = mat.shape
-    if m <= n:
+    # The thin SVD has only n columns: when k > n the basis is completed from the m × m Gram.
+    if m <= n or k > n:
         _, vecs = ops.eigh(mat @ mat.T)
         return ops.flip(vecs[:, -k:], axis=1)
     u, _, _ = ops.svd(mat)
@@ -94,7 +95,10 @@ class Tucker2(StackedFormat):
 
     @classmethod
     def _from_scale(cls, scale, rank_out=None, rank_in=None, **kwargs):
-        rank = (rank_out or scale, rank_in or scale)
+        # `is None`, not `or`: a fixed rank_out=0 must reach the constructor's check, not become `scale`.
+        if rank_out is not None and rank_in is not None:
+            raise ValueError("`rank_out` and `rank_in` are both fixed: no rank is left to choose; fix at most one.")
+        rank = (scale if rank_out is None else rank_out, scale if rank_in is None else rank_in)
         return cls(rank=rank, **kwargs)
 
     @classmethod
