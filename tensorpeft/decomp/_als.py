@@ -43,25 +43,35 @@ def _update(fmt, factors, name, target, ops):
     c = "".join(ch for ch in term if ch not in out)
 
     fresh = _fresh(set(fmt.sizes) | set(out))
-    rename = {ch: next(fresh) for ch in other_letters if ch not in out}
+    rename = {ch: next(fresh) for ch in other_letters | set(c) if ch not in out}
     copy_terms = ["".join(rename.get(ch, ch) for ch in t) for t in other_terms]
     b_gram = "".join(ch for ch in b if ch in other_letters)
     c_copy = "".join(rename[ch] for ch in c)
+    # Bond indices no other factor carries (e.g. the size-1 ends of a tensor train) are a plain sum:
+    # the design matrix is constant along them. Vectors of ones make them explicit in both contractions.
+    dangling = [ch for ch in c if ch not in other_letters]
+    ones = [ops.zeros((fmt.sizes[ch],), ops.dtype_of(target), like=target) + 1 for ch in dangling]
 
-    rhs = contract(f"{','.join([out, *other_terms])}->{b + c}", target, *other_arrays, ops=ops)
-    gram = contract(
-        f"{','.join([*other_terms, *copy_terms])}->{b_gram + c + c_copy}",
-        *other_arrays,
-        *other_arrays,
-        ops=ops,
-    )
+    rhs = contract(f"{','.join([out, *other_terms, *dangling])}->{b + c}", target, *other_arrays, *ones, ops=ops)
+    if other_arrays or ones:
+        gram = contract(
+            f"{','.join([*other_terms, *copy_terms, *dangling, *(rename[ch] for ch in dangling)])}"
+            f"->{b_gram + c + c_copy}",
+            *other_arrays,
+            *other_arrays,
+            *ones,
+            *ones,
+            ops=ops,
+        )
+    else:  # a single factor holding every index: it is the target itself
+        gram = ops.zeros((), ops.dtype_of(target), like=target) + 1
     size = fmt.sizes
-    nb = math.prod(size[ch] for ch in b)
     nc = math.prod(size[ch] for ch in c)
-    gram = gram.reshape((math.prod(size[ch] for ch in b_gram), nc, nc))
-    rhs = rhs.reshape((nb, nc))
-    solution = ops.einsum("bcd,bd->bc", ops.pinv_hermitian(gram), rhs)
-    solution = solution.reshape(tuple(size[ch] for ch in b + c))
+    # The Gram matrix does not depend on the indices of ``b`` that only this factor carries: keep them
+    # as size-1 axes and let the batched solve broadcast over them.
+    gram = gram.reshape((*(size[ch] if ch in b_gram else 1 for ch in b), nc, nc))
+    rhs = rhs.reshape((*(size[ch] for ch in b), nc, 1))
+    solution = (ops.pinv_hermitian(gram) @ rhs).reshape(tuple(size[ch] for ch in b + c))
     # back to the factor's own index order
     return ops.einsum(f"{b + c}->{term}", solution)
 

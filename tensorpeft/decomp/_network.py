@@ -24,7 +24,7 @@ __all__ = ["TensorNetwork"]
 
 
 def _parse_equation(equation: str) -> tuple[list[str], str]:
-    if not isinstance(equation, str) or "->" not in equation:
+    if not isinstance(equation, str) or equation.count("->") != 1:
         raise ValueError(f"`equation` must be an explicit einsum string like 'or,lrs,is->loi', got {equation!r}.")
     lhs, out = equation.replace(" ", "").split("->")
     inputs = lhs.split(",")

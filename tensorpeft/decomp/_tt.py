@@ -188,9 +188,18 @@ class TensorTrain(StackedFormat):
                     np.stack([tr[k] for tr in trains]).reshape((*self.stack, *trains[0][k].shape))
                     for k in range(len(ranks) - 1)
                 ]
+            # TT-SVD caps a bond at r_{k-1}·n_k, which may be below a valid requested rank: zero-pad.
+            cores = [_pad(c, shape) for c, shape in zip(cores, self.factor_shapes.values(), strict=True)]
             init = {n: ops.asarray(c, like=dense) for n, c in zip(self.factor_names, cores, strict=True)}
         else:
             self.check_factors(init, argument="init")
         if n_iter_max <= 0:
             return init, self.relative_error(dense, init)
         return _als.fit_als(self, dense, init, n_iter_max=n_iter_max, tol=tol, ops=ops)
+
+
+def _pad(core, shape):
+    """``core`` zero-padded at the end of each axis to ``shape``."""
+    padded = np.zeros(shape, dtype=core.dtype)
+    padded[tuple(slice(0, n) for n in core.shape)] = core
+    return padded
