@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: test test-slow lint compare docs bench clean
+.PHONY: test test-slow lint compare docs docs-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ lint: $(VENV)/.stamp-test
 ## The main job: fine-tuning comparison on a real pretrained model and real data.
 compare: $(VENV)/.stamp-demo
 	$(VENV)/bin/tensorpeft compare $(ARGS)
+
+## Build the documentation site into docs/_build/html, offline (MathJax: one npm fetch, then cached).
+## -E: every page is re-read, since its tables and plots are computed from the library at build time.
+docs: $(VENV)/.stamp-docs
+	$(VENV)/bin/sphinx-build -E -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
+
+## Build the docs, then check them in headless Chromium: links, rendered maths, screenshots.
+docs-check: docs
+	$(PY) docs/check_site.py --install-browser docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build
