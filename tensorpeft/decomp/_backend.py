@@ -94,6 +94,9 @@ class NumpyOps(Ops):
     def norm(self, x):
         return float(np.linalg.norm(np.ravel(x)))
 
+    def matrix_frobenius(self, x):
+        return np.linalg.norm(x, axis=(-2, -1))
+
     def flip(self, x, axis):
         return np.flip(x, axis=axis)
 
@@ -176,6 +179,10 @@ class TorchOps(Ops):
 
     def norm(self, x):
         return float(self.torch.linalg.vector_norm(x.detach()))
+
+    def matrix_frobenius(self, x):
+        # torch's norm has gradient 0 (not NaN) at exactly 0, e.g. at orthonormal planes
+        return self.torch.linalg.matrix_norm(x, ord="fro")
 
     def flip(self, x, axis):
         return self.torch.flip(x, dims=(axis,))

@@ -112,7 +112,7 @@ class OrthogonalProjection(StackedFormat):
         def dev(gram):
             eye = ops.eye(gram.shape[-1], ops.dtype_of(gram), like=gram)
             diff = gram - eye
-            return ops.einsum("...ab,...ab->...", diff, diff) ** 0.5
+            return ops.matrix_frobenius(diff)
 
         def total(x):
             return x.sum() if len(self.stack) else x

@@ -1,0 +1,55 @@
+"""PEFT layer: tensor-decomposition adapters injected into torch / transformers models.
+
+Thin torch modules over :mod:`tensorpeft.decomp`: a config says which linear layers to adapt and with
+which format; matched layers are grouped into stacks that share factors; each stack is one
+:class:`AdapterStack` owning the factor parameters; each adapted layer becomes an
+:class:`AdapterLinear` that adds its slice of the stack's update, applied factored.
+
+Files, one concern each: ``_config`` (configs), ``_targets`` (matching), ``_grouping`` (stacks and
+their plans), ``_init`` (zero / SVD initialization), ``_kernels`` (factored forward per format),
+``_stack``, ``_layer``, ``_model`` (the wrapper), ``_serialization`` (save/load), ``_export``
+(PEFT LoRA export).
+"""
+
+from ._config import (
+    AdapterConfig,
+    CPConfig,
+    CustomConfig,
+    LoRA2Config,
+    LoRAConfig,
+    LoRTAConfig,
+    LoTRConfig,
+    OrthogonalConfig,
+    TensorTrainConfig,
+    TTLoRAConfig,
+    Tucker2Config,
+)
+from ._export import ExportReport, export_lora
+from ._grouping import StackPlan
+from ._layer import AdapterLinear
+from ._model import TensorPeftModel, get_peft_model
+from ._serialization import load_adapter, save_adapter
+from ._stack import AdapterStack
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterLinear",
+    "AdapterStack",
+    "CPConfig",
+    "CustomConfig",
+    "ExportReport",
+    "LoRA2Config",
+    "LoRAConfig",
+    "LoRTAConfig",
+    "LoTRConfig",
+    "OrthogonalConfig",
+    "StackPlan",
+    "TTLoRAConfig",
+    "TensorPeftModel",
+    "TensorTrainConfig",
+    "Tucker2Config",
+    "export_lora",
+    "get_peft_model",
+    "load_adapter",
+    "save_adapter",
+]

@@ -1,0 +1,479 @@
+"""Adapter configurations: plain dataclasses, validated at construction, JSON round-trip.
+
+One class per format of :mod:`tensorpeft.decomp`, with aliases named after the papers. A config only
+describes *what* to adapt and *how*; :func:`tensorpeft.get_peft_model` turns it, per stack of matched
+layers, into a format object via :meth:`AdapterConfig.build_format`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .. import decomp
+
+__all__ = [
+    "AdapterConfig",
+    "CPConfig",
+    "CustomConfig",
+    "LoRA2Config",
+    "LoRAConfig",
+    "LoRTAConfig",
+    "LoTRConfig",
+    "OrthogonalConfig",
+    "TTLoRAConfig",
+    "TensorTrainConfig",
+    "Tucker2Config",
+]
+
+STACK_BY = ("name", "shape", "module")
+INITS = ("zero", "svd")
+ALL_LINEAR = "all-linear"
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a positive integer, got {value!r} ({type(value).__name__}).")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` must be a sequence of positive integers, got {value!r}.")
+    if length is not None and len(value) != length:
+        raise ValueError(f"`{name}` must have {length} entries, got {len(value)}: {tuple(value)!r}.")
+    if len(value) == 0:
+        raise ValueError(f"`{name}` must not be empty.")
+    return tuple(_positive_int(v, f"{name}[{k}]") for k, v in enumerate(value))
+
+
+def _module_selector(value, name: str, allow_all_linear: bool):
+    """Normalize a target/exclude selector: a tuple of suffixes or a full-match regex string."""
+    if isinstance(value, str):
+        if allow_all_linear and value == ALL_LINEAR:
+            return value
+        if not value:
+            raise ValueError(f"`{name}` must be a non-empty regex string or a list of module names, got ''.")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"`{name}`={value!r} is not a valid regular expression: {exc}.") from None
+        return value
+    if isinstance(value, bytes) or not isinstance(value, Sequence | set | frozenset):
+        raise TypeError(
+            f"`{name}` must be a list of module-name suffixes or a regex string, got {type(value).__name__}."
+        )
+    items = sorted(value) if isinstance(value, set | frozenset) else list(value)
+    if not items:
+        raise ValueError(f"`{name}` must name at least one module, got an empty list.")
+    for k, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"`{name}[{k}]` must be a non-empty string, got {item!r}.")
+    return tuple(items)
+
+
+@dataclass(kw_only=True)
+class AdapterConfig:
+    """Fields shared by every adapter format (keyword-only).
+
+    Parameters
+    ----------
+    target_modules : list of str, str
+        Which ``nn.Linear`` / transformers ``Conv1D`` layers to adapt: a list of name suffixes (``"query"``
+        matches ``encoder.layer.0.attention.self.query``, as in PEFT), a regex string that must match the
+        full module name, or ``"all-linear"`` (every linear layer except the output embedding).
+        Every list entry must match at least one module.
+    rank : int
+        Rank of the format (see each subclass).
+    alpha : float
+        Numerator of the scaling; the update added to a layer is ``scaling · ΔW x``.
+    dropout : float
+        Dropout probability on the adapter's input (as PEFT's ``lora_dropout``), ``0 <= p < 1``.
+    exclude_modules : list of str, str, optional
+        Layers never adapted, same syntax as ``target_modules`` (no ``"all-linear"``).
+    stack_by : {"name", "shape", "module"}
+        How matched layers are grouped into stacks that share factors: ``"name"`` — by module name
+        across layers (all ``query`` layers form one stack ``(layers,)``); ``"shape"`` — every matched
+        layer of one ``(out, in)`` shape in one stack, ``(layers, kinds)`` when every layer has every
+        kind, otherwise flat; ``"module"`` — one stack per layer, no sharing. Layers of different
+        shapes never share a stack (nothing is padded).
+    init : {"zero", "svd"}
+        ``"zero"``: the format's own init (random factors, one factor zero). ``"svd"``: the factors are
+        fitted to the pretrained weights of the stack with the format's ``fit`` (dominant singular
+        subspaces), then the format's zero factor is set to zero and every other factor rescaled to
+        the Frobenius norm it has under ``"zero"``. Either way ΔW starts at exactly zero.
+    seed : int
+        Seed of the initialization; stack ``k`` uses ``seed + k``.
+    """
+
+    format_name: ClassVar[str] = ""
+    target_modules: Any
+    rank: Any = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    exclude_modules: Any = None
+    stack_by: str = "module"
+    init: str = "zero"
+    seed: int = 0
+
+    def __post_init__(self):
+        if type(self) is AdapterConfig:
+            raise TypeError("AdapterConfig is abstract; use LoRAConfig, Tucker2Config, CPConfig, ... instead.")
+        self.target_modules = _module_selector(self.target_modules, "target_modules", allow_all_linear=True)
+        if self.exclude_modules is not None:
+            self.exclude_modules = _module_selector(self.exclude_modules, "exclude_modules", allow_all_linear=False)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not math.isfinite(self.alpha):
+            raise TypeError(f"`alpha` must be a finite real number, got {self.alpha!r}.")
+        self.alpha = float(self.alpha)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise TypeError(f"`dropout` must be a float in [0, 1), got {self.dropout!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
+        self.dropout = float(self.dropout)
+        if self.stack_by not in STACK_BY:
+            raise ValueError(f"`stack_by` must be one of {STACK_BY}, got {self.stack_by!r}.")
+        if self.init not in INITS:
+            raise ValueError(f"`init` must be one of {INITS}, got {self.init!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise TypeError(f"`seed` must be a non-negative integer, got {self.seed!r}.")
+        self.seed = int(self.seed)
+        self._check_format_fields()
+
+    # ------------------------------------------------------------------ per format
+    def _check_format_fields(self) -> None:
+        self.rank = _positive_int(self.rank, "rank")
+
+    @property
+    def scaling(self) -> float:
+        """Factor applied to ``ΔW x``: ``alpha / rank`` unless the format says otherwise."""
+        return self.alpha / self.rank
+
+    def format_kwargs(self, out_features: int, in_features: int, heads: int | None) -> dict:
+        """Keyword arguments of the format besides ``stack``/``out_features``/``in_features``."""
+        return {"rank": self.rank}
+
+    def resolve_heads(self, out_features: int, model_heads: dict | None) -> int | None:
+        """Number of output heads of a stack (only CP splits heads)."""
+        return None
+
+    def build_format(self, stack, out_features: int, in_features: int, heads: int | None = None):
+        """The :mod:`tensorpeft.decomp` format of one stack of ``prod(stack)`` layers ``out × in``."""
+        cls = getattr(decomp, self.format_name)
+        return cls(
+            stack=tuple(stack),
+            out_features=out_features,
+            in_features=in_features,
+            **self.format_kwargs(out_features, in_features, heads),
+        )
+
+    # ------------------------------------------------------------------ serialization
+    def to_dict(self) -> dict:
+        """JSON-safe dict with a ``"format"`` key naming the config class."""
+        out = {"format": self.format_name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_json(self) -> str:
+        """The config as a JSON string (see :meth:`from_json`)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_dict(data: dict) -> AdapterConfig:
+        """Rebuild (and validate) a config from :meth:`to_dict`'s output.
+
+        Raises
+        ------
+        ValueError
+            If ``"format"`` is missing or unknown, or a field is unknown or invalid.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"`data` must be a dict, got {type(data).__name__}.")
+        data = dict(data)
+        name = data.pop("format", None)
+        classes = {c.format_name: c for c in _CONFIG_CLASSES}
+        if name not in classes:
+            raise ValueError(f"`data['format']` must be one of {sorted(classes)}, got {name!r}.")
+        cls = classes[name]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"`data` has unknown field(s) {unknown} for {cls.__name__}; expected some of {sorted(known)}."
+            )
+        return cls(**data)
+
+    @staticmethod
+    def from_json(text: str) -> AdapterConfig:
+        """Inverse of :meth:`to_json`."""
+        return AdapterConfig.from_dict(json.loads(text))
+
+
+@dataclass(kw_only=True)
+class LoRAConfig(AdapterConfig):
+    r"""Plain LoRA, one independent ``B_s A_s`` per layer (:class:`tensorpeft.decomp.LoRA`).
+
+    Scaling :math:`\alpha / r`, as PEFT. ``stack_by`` defaults to ``"module"``; any grouping gives the
+    same model (LoRA shares nothing), a stacked one just holds the factors in one tensor.
+
+    Examples
+    --------
+    >>> import tensorpeft as tp
+    >>> cfg = tp.LoRAConfig(rank=8, alpha=16, target_modules=["query", "value"])
+    >>> cfg.scaling
+    2.0
+    >>> tp.AdapterConfig.from_json(cfg.to_json()) == cfg
+    True
+    """
+
+    format_name: ClassVar[str] = "LoRA"
+
+
+@dataclass(kw_only=True)
+class Tucker2Config(AdapterConfig):
+    r"""LoTR: Tucker-2 across a stack, ``ΔW_s = A G_s Bᵀ`` (:class:`tensorpeft.decomp.Tucker2`).
+
+    ``rank`` is ``r`` or ``(r_out, r_in)``. Scaling :math:`\alpha / r_\text{in}` (LoTR's ``scale/r``;
+    ``r_in`` is the width of ``x·B``, the analogue of LoRA's ``r``). ``stack_by`` defaults to ``"name"``:
+    all ``query`` layers share ``A`` and ``B``. With ``stack_by="shape"`` q, k and v of one layer also
+    share ``B`` and ``x·B`` is computed once for the three.
+    """
+
+    format_name: ClassVar[str] = "Tucker2"
+    stack_by: str = "name"
+
+    def _check_format_fields(self) -> None:
+        if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
+            self.rank = _positive_int(self.rank, "rank")
+        else:
+            self.rank = _int_tuple(self.rank, "rank", length=2)
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / r_in``."""
+        r_in = self.rank if isinstance(self.rank, int) else self.rank[1]
+        return self.alpha / r_in
+
+
+@dataclass(kw_only=True)
+class CPConfig(AdapterConfig):
+    r"""LoRTA: one CP decomposition of a whole stack (:class:`tensorpeft.decomp.CP`).
+
+    Parameters
+    ----------
+    heads : int, "auto" or None
+        Split each layer's output into heads (head-major blocks). ``"auto"``: for stacks whose
+        ``out_features`` is a whole attention projection of the model's config — ``n_heads``,
+        ``n_kv_heads`` or ``n_heads + 2·n_kv_heads`` (fused qkv) heads of ``head_dim`` — and no split
+        elsewhere. An int applies to every stack (it must divide each ``out_features``).
+
+    Notes
+    -----
+    Scaling :math:`\alpha / R` (LoRTA uses α = 16, the default here). ``stack_by`` defaults to
+    ``"shape"``: every matched layer of one shape in one stack, ``(layers, matrix kinds)`` as LoRTA.
+    """
+
+    format_name: ClassVar[str] = "CP"
+    alpha: float = 16.0
+    stack_by: str = "shape"
+    heads: Any = "auto"
+
+    def _check_format_fields(self) -> None:
+        super()._check_format_fields()
+        if self.heads is not None and self.heads != "auto":
+            self.heads = _positive_int(self.heads, "heads")
+
+    def resolve_heads(self, out_features, model_heads):
+        """See the class docstring."""
+        if self.heads is None:
+            return None
+        if self.heads != "auto":
+            return self.heads
+        if not model_heads:
+            return None
+        hd, n, n_kv = model_heads["head_dim"], model_heads["heads"], model_heads["kv_heads"]
+        if out_features in {n * hd, n_kv * hd, (n + 2 * n_kv) * hd}:
+            return out_features // hd
+        return None
+
+    def format_kwargs(self, out_features, in_features, heads):
+        """``rank`` and the resolved ``heads``."""
+        return {"rank": self.rank, "heads": heads}
+
+
+@dataclass(kw_only=True)
+class TensorTrainConfig(AdapterConfig):
+    r"""TT-LoRA: a tensor train per layer, or across a stack (:class:`tensorpeft.decomp.TensorTrain`).
+
+    Parameters
+    ----------
+    rank : int or tuple of int
+        Bond ranks (an int is capped at each bond's bound; a tuple must fit every stack).
+    in_modes, out_modes : tuple of int, optional
+        Feature factorizations; default balanced. Given modes must match every stack's features.
+    share_stack : bool
+        With ``stack_by`` other than ``"module"``: one train over the stack modes too (MetaTT).
+
+    Notes
+    -----
+    Scaling: plain :math:`\alpha` (TT-LoRA), default 1: the cores are drawn so that each contraction
+    step keeps unit scale. ``stack_by`` defaults to ``"module"`` (one train per matrix, as TT-LoRA).
+    """
+
+    format_name: ClassVar[str] = "TensorTrain"
+    alpha: float = 1.0
+    in_modes: Any = None
+    out_modes: Any = None
+    share_stack: bool = True
+
+    def _check_format_fields(self) -> None:
+        if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
+            self.rank = _positive_int(self.rank, "rank")
+        else:
+            self.rank = _int_tuple(self.rank, "rank")
+        for name in ("in_modes", "out_modes"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _int_tuple(getattr(self, name), name))
+        if not isinstance(self.share_stack, bool):
+            raise TypeError(f"`share_stack` must be a bool, got {self.share_stack!r}.")
+
+    @property
+    def scaling(self) -> float:
+        """``alpha`` (TT-LoRA's plain α)."""
+        return self.alpha
+
+    def format_kwargs(self, out_features, in_features, heads):
+        """``rank``, modes and ``share_stack``."""
+        return {
+            "rank": self.rank,
+            "in_modes": self.in_modes,
+            "out_modes": self.out_modes,
+            "share_stack": self.share_stack,
+        }
+
+
+@dataclass(kw_only=True)
+class OrthogonalConfig(AdapterConfig):
+    r"""LoRA²: ``ΔW = U1 U2 diag(λ) V2 V1`` per layer (:class:`tensorpeft.decomp.OrthogonalProjection`).
+
+    ``rank`` is ``r`` (entries of λ), ``inner`` the plane width ``k`` (default ``r``). Scaling
+    :math:`\alpha / r`. ``stack_by`` defaults to ``"module"``. Use
+    :meth:`TensorPeftModel.orthogonality_loss` as LoRA²'s regularizer.
+    """
+
+    format_name: ClassVar[str] = "OrthogonalProjection"
+    inner: Any = None
+
+    def _check_format_fields(self) -> None:
+        super()._check_format_fields()
+        if self.inner is not None:
+            self.inner = _positive_int(self.inner, "inner")
+            if self.inner < self.rank:
+                raise ValueError(f"`inner`={self.inner} must be >= `rank`={self.rank}.")
+
+    def format_kwargs(self, out_features, in_features, heads):
+        """``rank`` and ``inner``."""
+        return {"rank": self.rank, "inner": self.inner}
+
+
+def _factory_path(factory) -> str:
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
+    if not module or "<" in qualname:
+        raise ValueError(
+            f"`factory` must be an importable module-level function so the config can be saved, got {factory!r}."
+        )
+    return f"{module}:{qualname}"
+
+
+def _resolve_factory(path: str) -> Callable:
+    module, _, qualname = path.partition(":")
+    if not module or not qualname:
+        raise ValueError(f"`factory` must be a callable or a 'module:qualname' string, got {path!r}.")
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"`factory`={path!r} cannot be imported: {exc}.") from None
+    if not callable(obj):
+        raise TypeError(f"`factory`={path!r} is not callable.")
+    return obj
+
+
+@dataclass(kw_only=True)
+class CustomConfig(AdapterConfig):
+    r"""Any :class:`tensorpeft.decomp.TensorNetwork` built by a user factory.
+
+    Parameters
+    ----------
+    factory : callable or str
+        ``factory(stack, out_features, in_features, rank) -> TensorNetwork`` whose ``shape`` is
+        ``(*stack, out_features, in_features)``; a module-level function (stored as
+        ``"module:qualname"`` in JSON) or that string.
+    rank : Any JSON value
+        Passed to ``factory`` unchanged.
+
+    Notes
+    -----
+    Scaling: plain :math:`\alpha` (default 1). ``stack_by`` defaults to ``"name"``.
+    """
+
+    format_name: ClassVar[str] = "Custom"
+    alpha: float = 1.0
+    stack_by: str = "name"
+    factory: Any = None
+
+    def _check_format_fields(self) -> None:
+        if self.factory is None:
+            raise TypeError("`factory` is required: a function (stack, out_features, in_features, rank) -> format.")
+        if isinstance(self.factory, str):
+            _resolve_factory(self.factory)
+        elif callable(self.factory):
+            path = _factory_path(self.factory)
+            if _resolve_factory(path) is not self.factory:
+                raise ValueError(f"`factory` {self.factory!r} is not reachable at {path!r}; define it at module level.")
+            self.factory = path
+        else:
+            raise TypeError(f"`factory` must be a callable or a 'module:qualname' string, got {self.factory!r}.")
+        if isinstance(self.rank, tuple):
+            self.rank = list(self.rank)
+        try:
+            json.dumps(self.rank)
+        except TypeError:
+            raise TypeError(f"`rank` must be JSON-serializable for CustomConfig, got {self.rank!r}.") from None
+
+    @property
+    def scaling(self) -> float:
+        """``alpha``."""
+        return self.alpha
+
+    def build_format(self, stack, out_features, in_features, heads=None):
+        """Call the factory and check that the format it returns has the stack's shape."""
+        fmt = _resolve_factory(self.factory)(tuple(stack), out_features, in_features, self.rank)
+        if not isinstance(fmt, decomp.TensorNetwork):
+            raise TypeError(f"`factory` {self.factory!r} must return a decomp.TensorNetwork, got {type(fmt).__name__}.")
+        expected = (*tuple(stack), out_features, in_features)
+        if tuple(fmt.shape) != expected:
+            raise ValueError(
+                f"`factory` {self.factory!r} returned a format of shape {tuple(fmt.shape)}; expected {expected}."
+            )
+        return fmt
+
+
+_CONFIG_CLASSES = (LoRAConfig, Tucker2Config, CPConfig, TensorTrainConfig, OrthogonalConfig, CustomConfig)
+
+# Names after the papers: the same classes, so configs and saved adapters are interchangeable.
+LoTRConfig = Tucker2Config
+LoRTAConfig = CPConfig
+TTLoRAConfig = TensorTrainConfig
+LoRA2Config = OrthogonalConfig

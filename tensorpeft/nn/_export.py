@@ -1,0 +1,176 @@
+"""export_lora: any tensorpeft adapter as a standard PEFT LoRA adapter directory.
+
+Every slice of LoRA, Tucker-2, CP and LoRA² has rank at most its format's rank, so it is exactly a
+LoRA product ``B A``: Tucker-2 ``(A G_s)(Bᵀ)`` (or ``(A)(G_s Bᵀ)`` when ``r_out < r_in``), CP
+``(out ⊙ heads ⊙ c_s)(inᵀ)``, LoRA² ``(U1 U2 diag λ)(V2 V1)``. A tensor train ordered input modes then
+output modes has slice rank at most the bond between the two halves, so it is exported exactly at that
+rank from the SVD of the slice. ``rank=k`` truncates every slice to its best rank-``k`` approximation
+(SVD of the product via two QRs, no dense matrix for the structured formats).
+
+The scaling is folded into ``lora_B`` and the PEFT config sets ``lora_alpha = r`` (per-module ranks in
+``rank_pattern`` / ``alpha_pattern`` when they differ), so PEFT's ``scaling`` is exactly 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from .. import decomp
+from ._serialization import CONFIG_NAME, WEIGHTS_NAME, write_atomic
+
+__all__ = ["ExportReport", "export_lora", "lora_factors"]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_lora` wrote.
+
+    Attributes
+    ----------
+    path : str
+        The adapter directory.
+    ranks : dict[str, int]
+        LoRA rank of each module.
+    errors : dict[str, float]
+        ``‖scaling·ΔW − B A‖_F / ‖scaling·ΔW‖_F`` of each module, measured in float64 on the written
+        (fp32) factors: round-off for exact exports, the truncation error otherwise.
+    """
+
+    path: str
+    ranks: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+
+    @property
+    def max_error(self) -> float:
+        """Largest relative error over the modules."""
+        return max(self.errors.values(), default=0.0)
+
+
+def _tt_slice_rank(fmt) -> int:
+    offset = len(fmt.stack) if fmt.share_stack else 0
+    return fmt.rank[offset + len(fmt.in_modes) - 1]
+
+
+def _dense_slice(stack, f, index) -> torch.Tensor:
+    fmt = stack.format
+    eye = torch.eye(fmt.in_features, dtype=torch.float64, device=next(iter(f.values())).device)
+    return fmt.apply(f, eye, index).T * stack.scaling
+
+
+def lora_factors(stack, index: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B (out, R), A (R, in))`` in float64 with ``B A = scaling · ΔW[index]`` (exact for all formats).
+
+    ``R`` is the format's bound on the slice rank; for custom networks ``min(out, in)``.
+    """
+    fmt, s = stack.format, stack.scaling
+    f = {n: p.detach().to(torch.float64) for n, p in stack.factors().items()}
+    kind = type(fmt)
+    if kind is decomp.LoRA:
+        return f["B"][index] * s, f["A"][index]
+    if kind is decomp.Tucker2:
+        r_out, r_in = fmt.rank
+        if r_in <= r_out:
+            return f["A"] @ f["G"][index] * s, f["B"].T
+        return f["A"] * s, f["G"][index] @ f["B"].T
+    if kind is decomp.CP:
+        c = torch.full((fmt.rank,), s, dtype=torch.float64, device=f["in"].device)
+        for k, i in enumerate(index):
+            c = c * f[f"stack{k}"][i]
+        out = f["out"] if fmt.heads is None else (f["heads"][:, None, :] * f["out"][None]).reshape(fmt.out_features, -1)
+        return out * c, f["in"].T
+    if kind is decomp.OrthogonalProjection:
+        return f["U1"][index] @ f["U2"][index] * (f["lambda"][index] * s), f["V2"][index] @ f["V1"][index]
+    rank = _tt_slice_rank(fmt) if kind is decomp.TensorTrain else min(fmt.out_features, fmt.in_features)
+    u, sv, vt = torch.linalg.svd(_dense_slice(stack, f, index), full_matrices=False)
+    return u[:, :rank] * sv[:rank], vt[:rank]
+
+
+def truncate(B: torch.Tensor, A: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors of ``B A`` (QR of both sides, SVD of the small core)."""
+    if rank >= B.shape[1]:
+        return B, A
+    qb, rb = torch.linalg.qr(B)
+    qa, ra = torch.linalg.qr(A.T)
+    u, sv, vt = torch.linalg.svd(rb @ ra.T)
+    root = sv[:rank].sqrt()
+    return qb @ (u[:, :rank] * root), (root[:, None] * vt[:rank]) @ qa.T
+
+
+def _relative_error(reference: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> float:
+    ref = float(torch.linalg.matrix_norm(reference))
+    err = float(torch.linalg.matrix_norm(reference - B.to(torch.float64) @ A.to(torch.float64)))
+    return err / ref if ref > 0 else err
+
+
+def export_lora(model, path, rank: int | None = None) -> ExportReport:
+    """Write a PEFT LoRA adapter that ``peft.PeftModel.from_pretrained(base, path)`` loads.
+
+    Parameters
+    ----------
+    model : TensorPeftModel
+    path : str or PathLike
+        Directory for ``adapter_config.json`` and ``adapter_model.safetensors`` (written atomically).
+    rank : int, optional
+        Truncate every module to at most this LoRA rank. Default: the exact rank of each format
+        (LoRA r; Tucker-2 min(r_out, r_in); CP R; LoRA² r; TT the middle bond; custom min(out, in)).
+
+    Returns
+    -------
+    ExportReport
+        Per-module ranks and relative errors.
+
+    Raises
+    ------
+    ValueError
+        If ``rank`` is not a positive integer.
+
+    Notes
+    -----
+    The exported LoRA is fp32 with PEFT scaling 1 (the tensorpeft scaling is folded into ``lora_B``).
+    ``fan_in_fan_out`` is set when every adapted layer is a transformers ``Conv1D`` (GPT-2); PEFT warns
+    and fixes it per layer for a model mixing ``Conv1D`` and ``nn.Linear`` targets.
+    """
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"`rank` must be a positive integer or None, got {rank!r}.")
+    tensors, ranks, errors, conv1d = {}, {}, {}, []
+    for name, layer in model.adapter_layers():
+        B, A = lora_factors(layer.stack, layer.index)
+        reference = B @ A
+        if rank is not None:
+            B, A = truncate(B, A, rank)
+        B32, A32 = B.to(torch.float32).contiguous().cpu(), A.to(torch.float32).contiguous().cpu()
+        tensors[f"base_model.model.{name}.lora_A.weight"] = A32
+        tensors[f"base_model.model.{name}.lora_B.weight"] = B32
+        ranks[name] = int(A32.shape[0])
+        errors[name] = _relative_error(reference, B32.to(reference.device), A32.to(reference.device))
+        conv1d.append(layer.fan_in_fan_out)
+    r = max(ranks.values())
+    pattern = {re.escape(n): k for n, k in ranks.items() if k != r}
+    base_cfg = getattr(model.base_model, "config", None)
+    peft_config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": getattr(base_cfg, "_name_or_path", None) or None,
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": list(ranks),
+        "lora_dropout": model.peft_config.dropout,
+        "fan_in_fan_out": all(conv1d),
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+    }
+    payload = safetensors_bytes(tensors, metadata={"format": "pt"})
+    write_atomic(Path(path), {WEIGHTS_NAME: payload, CONFIG_NAME: json.dumps(peft_config, indent=2).encode()})
+    return ExportReport(path=str(path), ranks=ranks, errors=errors)

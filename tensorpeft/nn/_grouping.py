@@ -1,0 +1,147 @@
+"""Grouping matched layers into stacks, and the validated plan of every stack.
+
+A *plan* is everything about a stack that depends on the base model: its member layers with their
+index in the stack, its shape and its format. It is computed before anything is changed, so a bad
+rank or a mismatched saved adapter fails with nothing touched; saved adapters store their plans and
+loading compares them with the plans of the new base model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from ._targets import find_targets, linear_shape
+
+__all__ = ["StackPlan", "model_heads", "plan_stacks"]
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """One stack: ``members`` are ``(module name, index in the stack)`` pairs."""
+
+    name: str
+    stack: tuple[int, ...]
+    out_features: int
+    in_features: int
+    heads: int | None
+    members: tuple[tuple[str, tuple[int, ...]], ...]
+
+    def to_dict(self) -> dict:
+        """JSON-safe form (lists for tuples)."""
+        return {
+            "name": self.name,
+            "stack": list(self.stack),
+            "out_features": self.out_features,
+            "in_features": self.in_features,
+            "heads": self.heads,
+            "members": [[n, list(i)] for n, i in self.members],
+        }
+
+    @staticmethod
+    def from_dict(data: dict) -> StackPlan:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return StackPlan(
+                name=str(data["name"]),
+                stack=tuple(int(s) for s in data["stack"]),
+                out_features=int(data["out_features"]),
+                in_features=int(data["in_features"]),
+                heads=None if data["heads"] is None else int(data["heads"]),
+                members=tuple((str(n), tuple(int(k) for k in i)) for n, i in data["members"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"`stacks` entry {data!r} is malformed: {exc!r}.") from None
+
+
+def _kind_and_layer(name: str) -> tuple[str, tuple[int, ...]]:
+    """``encoder.layer.3.attention.self.query`` -> (``encoder.layer.*.attention.self.query``, (3,))."""
+    parts = name.split(".")
+    layer = tuple(int(p) for p in parts if p.isdigit())
+    kind = ".".join("*" if p.isdigit() else p for p in parts)
+    return kind, layer
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^0-9A-Za-z]+", "_", text.replace("*", "")).strip("_")
+    return slug or "stack"
+
+
+def model_heads(model: nn.Module) -> dict | None:
+    """``{"head_dim", "heads", "kv_heads"}`` from a transformers config, or None."""
+    cfg = getattr(model, "config", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    if not isinstance(heads, int) or not isinstance(hidden, int) or heads < 1:
+        return None
+    head_dim = getattr(cfg, "head_dim", None)
+    if not isinstance(head_dim, int) or head_dim < 1:
+        if hidden % heads:
+            return None
+        head_dim = hidden // heads
+    kv = getattr(cfg, "num_key_value_heads", None)
+    return {"head_dim": head_dim, "heads": heads, "kv_heads": kv if isinstance(kv, int) and kv > 0 else heads}
+
+
+def _group(names_shapes, stack_by):
+    """Ordered groups ``[(label, [(name, index)], stack)]``."""
+    groups: dict = {}
+    for name, shape in names_shapes:
+        kind, _ = _kind_and_layer(name)
+        key = {"name": (kind, shape), "shape": shape, "module": name}[stack_by]
+        groups.setdefault(key, []).append(name)
+    out = []
+    for key, names in groups.items():
+        if stack_by == "module":
+            out.append((names[0], [(names[0], ())], ()))
+            continue
+        if stack_by == "name":
+            out.append((key[0], [(n, (k,)) for k, n in enumerate(names)], (len(names),)))
+            continue
+        # "shape": a (layers, kinds) grid when every layer has every kind, else flat
+        cell = {n: _kind_and_layer(n) for n in names}  # name -> (kind, layer)
+        kinds = list(dict.fromkeys(k for k, _ in cell.values()))
+        layers = list(dict.fromkeys(layer for _, layer in cell.values()))
+        label = f"shape_{key[0]}x{key[1]}"
+        full_grid = len(set(cell.values())) == len(names) == len(kinds) * len(layers)
+        if len(kinds) > 1 and len(layers) > 1 and full_grid:
+            members = [(n, (layers.index(cell[n][1]), kinds.index(cell[n][0]))) for n in names]
+            out.append((label, members, (len(layers), len(kinds))))
+        else:
+            out.append((label, [(n, (k,)) for k, n in enumerate(names)], (len(names),)))
+    return out
+
+
+def plan_stacks(model: nn.Module, config) -> list[tuple[StackPlan, object]]:
+    """Match, group and validate: the ``(plan, format)`` of every stack, in module order.
+
+    Raises
+    ------
+    ValueError
+        From :func:`find_targets`, or when a format rejects a stack (e.g. ``rank`` above a layer
+        dimension); the message names the stack, its layers and their shape.
+    """
+    targets = find_targets(model, config)
+    names_shapes = [(n, linear_shape(m)) for n, m in targets]
+    shapes = dict(names_shapes)
+    heads_info = model_heads(model)
+    used: set[str] = set()
+    plans = []
+    for label, members, stack in _group(names_shapes, config.stack_by):
+        out_features, in_features = shapes[members[0][0]]
+        name = _slug(label)
+        base, k = name, 2
+        while name in used or hasattr(nn.ModuleDict, name):  # ModuleDict rejects e.g. "keys"
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        what = f"stack {name!r} ({len(members)} layer(s) like {members[0][0]!r}, {out_features}×{in_features})"
+        heads = config.resolve_heads(out_features, heads_info)
+        try:
+            fmt = config.build_format(stack, out_features, in_features, heads)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{type(config).__name__} does not fit {what}: {exc}") from None
+        plan = StackPlan(name, tuple(stack), out_features, in_features, heads, tuple(members))
+        plans.append((plan, fmt))
+    return plans

@@ -1,0 +1,103 @@
+"""The module that owns the factors of one stack and applies its slices."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from ._kernels import eye_like, kernel_for
+
+__all__ = ["AdapterStack"]
+
+
+class AdapterStack(nn.Module):
+    r"""Factors of one format as ``nn.Parameter``\ s, named as the format names them.
+
+    A stack is shared by every layer of its group: each :class:`AdapterLinear` keeps a plain
+    reference to it and its own ``index``; only the :class:`TensorPeftModel` registers it, so
+    ``parameters()`` and ``state_dict()`` see each factor once.
+
+    Parameters
+    ----------
+    fmt : decomp.TensorNetwork
+        The format of the stack (shape ``(*stack, out_features, in_features)``).
+    scaling : float
+        Multiplies every slice's update.
+    factors : dict[str, torch.Tensor]
+        Initial factors (checked against the format).
+
+    Notes
+    -----
+    ``forward(x, index)`` returns ``scaling · x @ ΔW[index]ᵀ`` in the factors' dtype (the input is cast
+    to it, as PEFT casts to ``lora_A``'s dtype). While :meth:`sharing` is on, the slice-independent
+    projection of a format (``x·B`` for Tucker-2, ``x·in`` for CP) is computed once per input tensor
+    and reused by the other slices that read the very same tensor (q, k and v of one layer); the cache
+    is keyed by the tensor's identity and version counters and emptied when sharing ends.
+    """
+
+    def __init__(self, fmt, scaling: float, factors: dict):
+        super().__init__()
+        fmt.check_factors(factors)
+        self.format = fmt
+        self.scaling = float(scaling)
+        for name in fmt.factor_names:
+            if hasattr(self, name):
+                raise ValueError(f"factor name {name!r} clashes with an attribute of nn.Module; rename the factor.")
+            # an owned, row-major copy: QR/SVD results are column-major, and a different layout means
+            # different matmul kernels, so save -> load would not be bit-exact
+            data = factors[name].detach().clone(memory_format=torch.contiguous_format)
+            self.register_parameter(name, nn.Parameter(data))
+        self._kernel = kernel_for(fmt)
+        self._sharing = False
+        self._cache = None
+
+    def factors(self) -> dict:
+        """``{name: parameter}`` in the format's layout (a fresh dict of the live parameters)."""
+        return {n: getattr(self, n) for n in self.format.factor_names}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The factors' dtype."""
+        return getattr(self, self.format.factor_names[0]).dtype
+
+    def _project(self, x, f):
+        kernel = self._kernel
+        if not (self._sharing and kernel.shared_inputs) or x.is_inference():
+            return kernel.project(self.format, f, x.to(self.dtype))
+        key = (
+            x._version,
+            tuple(f[n]._version for n in kernel.shared_inputs),
+            torch.is_grad_enabled(),
+        )
+        if self._cache is not None:
+            ref, cached_key, u = self._cache
+            if ref() is x and cached_key == key:
+                return u
+        u = kernel.project(self.format, f, x.to(self.dtype))
+        self._cache = (weakref.ref(x), key, u)
+        return u
+
+    def forward(self, x: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
+        """``scaling · x @ ΔW[index]ᵀ`` for ``x (..., in_features)``; never forms ΔW."""
+        f = self.factors()
+        return self._kernel.finish(self.format, f, self._project(x, f), index, self.scaling)
+
+    def set_sharing(self, on: bool) -> None:
+        """Turn input-projection sharing on or off (off also empties the cache)."""
+        self._sharing = bool(on)
+        if not on:
+            self._cache = None
+
+    @torch.no_grad()
+    def delta_weight(self, index: tuple[int, ...]) -> torch.Tensor:
+        """``scaling · ΔW[index]`` as a dense ``(out_features, in_features)`` tensor (for merge and export)."""
+        f = self.factors()
+        eye = eye_like(self.format.in_features, getattr(self, self.format.factor_names[0]))
+        u = self._kernel.project(self.format, f, eye)
+        return self._kernel.finish(self.format, f, u, index, self.scaling).T
+
+    def extra_repr(self) -> str:
+        fmt = self.format
+        return f"{type(fmt).__name__}, shape={fmt.shape}, params={fmt.num_params}, scaling={self.scaling:g}"

@@ -1,0 +1,269 @@
+import copy
+import re
+
+import pytest
+import torch
+
+import tensorpeft as tp
+from tensorpeft.nn import AdapterLinear
+
+
+def wrap(make_model, helpers, kind, fmt, **kw):
+    base = make_model(kind)
+    with torch.no_grad():
+        ref = helpers.output_of(base(torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))))
+    return base, ref, tp.get_peft_model(base, helpers.FORMATS[fmt](helpers.TARGETS[kind], **kw))
+
+
+def weights(model):
+    return {n: layer.base_layer.weight.detach().clone() for n, layer in model.adapter_layers()}
+
+
+def test_identity_at_init_trainable_set_and_one_step(make_model, helpers, ids, kind, fmt):
+    _, ref, model = wrap(make_model, helpers, kind, fmt)
+    out = helpers.output_of(model(ids))
+    assert torch.equal(out, ref)
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("tensor_adapters.") for n in trainable)
+    n_adapter = sum(s.format.num_params for s in model.tensor_adapters.values())
+    assert model.get_nb_trainable_parameters() == (n_adapter, sum(p.numel() for p in model.parameters()))
+
+    w0 = weights(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    out = helpers.output_of(model(ids))
+    # not a function of the norm only (BERT's output is layer-normed)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = helpers.output_of(model(ids))
+    assert helpers.rel_err(after, ref) > 1e-6
+    assert all(torch.equal(w0[n], w) for n, w in weights(model).items())  # the base is frozen
+
+
+def test_merge_unmerge_and_merged_outputs(make_model, helpers, ids, kind, fmt):
+    _, _, model = wrap(make_model, helpers, kind, fmt)
+    helpers.randomize(model)
+    w0 = weights(model)
+    with torch.no_grad():
+        adapted = helpers.output_of(model(ids))
+        model.merge_adapter()
+        model.merge_adapter()  # idempotent
+        merged = helpers.output_of(model(ids))
+        assert helpers.rel_err(merged, adapted) <= 1e-5
+        assert any(not torch.equal(w0[n], w) for n, w in weights(model).items())
+        model.unmerge_adapter()
+        for n, w in weights(model).items():
+            assert helpers.rel_err(w, w0[n]) <= 1e-6, n
+        assert helpers.rel_err(helpers.output_of(model(ids)), adapted) <= 1e-6
+
+
+def test_merge_and_unload_returns_the_plain_base_class(make_model, helpers, ids, kind, fmt):
+    base, _, model = wrap(make_model, helpers, kind, fmt)
+    helpers.randomize(model)
+    with torch.no_grad():
+        adapted = helpers.output_of(model(ids))
+    plain = model.merge_and_unload()
+    assert plain is base and type(plain) is type(make_model(kind))
+    assert not any(isinstance(m, AdapterLinear) for m in plain.modules())
+    assert not any("base_layer" in k or "tensor_adapters" in k for k in plain.state_dict())
+    assert all(p.requires_grad for p in plain.parameters())  # flags restored
+    with torch.no_grad():
+        assert helpers.rel_err(helpers.output_of(plain(ids)), adapted) <= 1e-5
+    with pytest.raises(RuntimeError, match="unloaded"):
+        model(ids)
+
+
+def test_unload_gives_back_the_pretrained_model(make_model, helpers, ids):
+    _, ref, model = wrap(make_model, helpers, "bert", "tucker2")
+    helpers.randomize(model)
+    model.merge_adapter()
+    plain = model.unload()
+    with torch.no_grad():
+        assert helpers.rel_err(helpers.output_of(plain(ids)), ref) <= 1e-6
+
+
+def test_disable_adapter(make_model, helpers, ids, fmt):
+    _, ref, model = wrap(make_model, helpers, "llama", fmt)
+    helpers.randomize(model)
+    with torch.no_grad():
+        adapted = helpers.output_of(model(ids))
+        with model.disable_adapter():
+            assert torch.equal(helpers.output_of(model(ids)), ref)
+        assert torch.equal(helpers.output_of(model(ids)), adapted)
+        model.merge_adapter()
+        with pytest.raises(RuntimeError, match="call unmerge_adapter"), model.disable_adapter():
+            pass
+
+
+def test_shared_factor_counted_once_and_printed(make_model, capsys):
+    model = tp.get_peft_model(make_model("bert"), tp.Tucker2Config(rank=4, target_modules=["query", "value"]))
+    # two stacks (query, value) of 2 layers: A 32x4 + B 32x4 shared, two 4x4 cores each
+    assert model.get_nb_trainable_parameters()[0] == 2 * (32 * 4 + 32 * 4 + 2 * 16)
+    model.print_trainable_parameters()
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"trainable params: 576 \|\| all params: [\d,]+ \|\| trainable%: \d+\.\d{4}", line)
+    layers = [layer for _, layer in model.adapter_layers()]
+    assert layers[0].stack is layers[2].stack  # query of layers 0 and 1
+    assert not any("tensor_adapters" in k for k in model.base_model.state_dict())  # registered once, by the wrapper
+
+
+def test_state_dict_round_trip_and_to(make_model, helpers, ids):
+    _, _, model = wrap(make_model, helpers, "bert", "cp")
+    helpers.randomize(model)
+    sd = model.state_dict()
+    factor_keys = [k for k in sd if k.startswith("tensor_adapters.")]
+    assert len(factor_keys) == sum(len(s.format.factor_names) for s in model.tensor_adapters.values())
+    assert "base_model.encoder.layer.0.attention.self.query.base_layer.weight" in sd
+    _, _, other = wrap(make_model, helpers, "bert", "cp", seed=7)
+    other.load_state_dict(sd)
+    with torch.no_grad():
+        assert torch.equal(helpers.output_of(other(ids)), helpers.output_of(model(ids)))
+        expected = helpers.output_of(model(ids))
+        model.to(torch.float64)
+        assert all(p.dtype == torch.float64 for p in model.parameters())
+        assert helpers.rel_err(helpers.output_of(model(ids)), expected) <= 1e-5
+        model.to("cpu")
+
+
+def test_bf16_base_with_fp32_adapters(make_model, helpers, ids, kind):
+    base32 = make_model(kind)
+    base16 = copy.deepcopy(base32).to(torch.bfloat16)
+    cfg = helpers.FORMATS["tucker2"](helpers.TARGETS[kind])
+    m32, m16 = tp.get_peft_model(base32, cfg), tp.get_peft_model(base16, cfg)
+    assert all(p.dtype == torch.float32 for p in m16.tensor_adapters.parameters())
+    helpers.randomize(m32, std=0.1)
+    m16.tensor_adapters.load_state_dict(m32.tensor_adapters.state_dict())
+    out16 = helpers.output_of(m16(ids))
+    assert out16.dtype == torch.bfloat16
+    (out16.float() * torch.randn(out16.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m16.tensor_adapters.parameters())
+    with torch.no_grad():
+        assert helpers.rel_err(out16, helpers.output_of(m32(ids))) <= helpers.RTOL[torch.bfloat16]
+        m16.merge_adapter()
+        assert helpers.rel_err(helpers.output_of(m16(ids)), out16) <= helpers.RTOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("name", ["lora", "tucker2", "cp", "tt_shared", "orthogonal"])
+def test_init_svd_starts_at_zero_with_pretrained_directions(make_model, helpers, ids, name):
+    _, ref, model = wrap(make_model, helpers, "bert", name, init="svd")
+    assert torch.equal(helpers.output_of(model(ids)), ref)
+    zero = tp.get_peft_model(make_model("bert"), helpers.FORMATS[name](helpers.TARGETS["bert"]))
+    for stack_name, stack in model.tensor_adapters.items():
+        fmt = stack.format
+        for fname, p in stack.factors().items():
+            if fname == fmt.zero_factor:
+                assert not p.detach().any()
+            else:  # same magnitude as the default init, different (fitted) values
+                q = zero.tensor_adapters[stack_name].factors()[fname]
+                assert torch.allclose(p.norm(), q.norm(), rtol=1e-5)
+                assert not torch.allclose(p, q)
+
+
+def test_tucker2_svd_init_spans_the_dominant_subspace(make_model):
+    base = make_model("bert")
+    W = torch.stack([base.encoder.layer[i].attention.self.query.weight.detach().double() for i in (0, 1)])
+    model = tp.get_peft_model(base, tp.Tucker2Config(rank=4, target_modules=["query"], init="svd"))
+    stack = model.tensor_adapters["encoder_layer_attention_self_query"]
+    A, B = stack.A.detach().double(), stack.B.detach().double()
+    pa, pb = A @ torch.linalg.pinv(A), B @ torch.linalg.pinv(B)
+    captured = (pa @ W @ pb).norm() / W.norm()
+    gen = torch.Generator().manual_seed(0)
+    R1, R2 = (
+        torch.randn(32, 4, generator=gen, dtype=torch.float64),
+        torch.randn(32, 4, generator=gen, dtype=torch.float64),
+    )
+    random = (R1 @ torch.linalg.pinv(R1) @ W @ R2 @ torch.linalg.pinv(R2)).norm() / W.norm()
+    assert captured > random + 0.05
+
+
+def test_custom_format_end_to_end(make_model, helpers, ids, custom_factory, tmp_path):
+    base = make_model("bert")
+    with torch.no_grad():
+        ref = helpers.output_of(base(ids))
+    model = tp.get_peft_model(base, tp.CustomConfig(factory=custom_factory, rank=3, target_modules=["query", "value"]))
+    assert torch.equal(helpers.output_of(model(ids)), ref)
+    assert model.get_nb_trainable_parameters()[0] == 2 * (32 * 3 + 9 + 2 * 3 + 32 * 3)
+    helpers.randomize(model)
+    with torch.no_grad():
+        adapted = helpers.output_of(model(ids))
+        model.merge_adapter()
+        assert helpers.rel_err(helpers.output_of(model(ids)), adapted) <= 1e-5
+        model.unmerge_adapter()
+    model.save_pretrained(tmp_path / "custom")
+    loaded = tp.TensorPeftModel.from_pretrained(make_model("bert"), tmp_path / "custom")
+    with torch.no_grad():
+        assert torch.equal(helpers.output_of(loaded(ids)), adapted)
+
+
+def test_dropout_is_on_the_adapter_input_only(helpers):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        ref = base(x)
+    model = tp.get_peft_model(base, tp.LoRAConfig(rank=4, dropout=0.5, target_modules=["0"]))
+    helpers.randomize(model)
+    model.train()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        assert not torch.equal(a, b)
+        with model.disable_adapter():
+            assert torch.equal(model(x), ref)  # the base path never sees the dropout
+        model.eval()
+        assert torch.equal(model(x), model(x))
+
+
+def test_orthogonality_loss(make_model, helpers):
+    model = tp.get_peft_model(make_model("bert"), helpers.FORMATS["orthogonal"](["query"]))
+    assert model.orthogonality_loss().item() < 1e-5  # orthonormal planes at init
+    helpers.randomize(model)
+    loss = model.orthogonality_loss()
+    assert loss.item() > 0.1
+    loss.backward()
+    assert model.tensor_adapters["encoder_layer_0_attention_self_query"].U1.grad.abs().sum() > 0
+    other = tp.get_peft_model(make_model("bert"), helpers.FORMATS["lora"](["query"]))
+    assert other.orthogonality_loss().item() == 0.0
+
+
+def test_orthogonality_loss_gradient_is_finite_at_svd_init(make_model, helpers):
+    model = tp.get_peft_model(make_model("bert"), helpers.FORMATS["orthogonal"](["query"], init="svd"))
+    model.orthogonality_loss().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.tensor_adapters.parameters() if p.grad is not None)
+
+
+def test_attributes_fall_through_to_the_base_model(make_model):
+    base = make_model("bert")
+    model = tp.get_peft_model(base, tp.LoRAConfig(rank=2, target_modules=["query"]))
+    assert model.config is base.config
+    with pytest.raises(AttributeError):
+        model.no_such_attribute  # noqa: B018
+
+
+def test_training_never_materializes_delta_w(make_model, helpers, ids, fmt, monkeypatch):
+    from tensorpeft import decomp
+    from tensorpeft.nn import AdapterStack
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("ΔW was materialized")
+
+    _, _, model = wrap(make_model, helpers, "bert", fmt)
+    helpers.randomize(model)
+    monkeypatch.setattr(decomp.TensorNetwork, "to_dense", forbidden)
+    monkeypatch.setattr(AdapterStack, "delta_weight", forbidden)
+    model.train()
+    out = helpers.output_of(model(ids))
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    assert all(p.grad is not None for p in model.tensor_adapters.parameters())
+
+
+def test_deepcopy_keeps_one_stack_per_group(make_model, helpers, ids):
+    _, _, model = wrap(make_model, helpers, "bert", "cp")
+    helpers.randomize(model)
+    twin = copy.deepcopy(model)
+    stacks = {id(s) for s in twin.tensor_adapters.values()}
+    assert all(id(layer.stack) in stacks for _, layer in twin.adapter_layers())
+    with torch.no_grad():
+        assert torch.equal(helpers.output_of(twin(ids)), helpers.output_of(model(ids)))
