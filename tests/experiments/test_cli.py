@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tensorpeft.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["compare", "--methods", "bogus"], "unknown method 'bogus'"),
+        (["compare", "--dataset", "imdb"], "`--dataset` must be one of"),
+        (["compare", "--model", "/nonexistent"], "is not a checkpoint directory"),
+        (["compare", "--methods", "tucker2:7"], "below the smallest"),
+        (["budget", "--shape", "gpt-9"], "`--shape` must be one of"),
+        (["budget", "--dims", "1,2"], "`--dims` needs 5 numbers"),
+    ],
+)
+def test_bad_arguments_give_one_line_error(argv, needle, capsys):
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--steps", "0"])
+    assert exc.value.code == 2
+
+
+def test_budget_table_for_bert_base(capsys):
+    assert main(["budget", "--shape", "bert-base", "--lora-rank", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "budget: 294,912 parameters" in out  # 12 layers × 2 matrices × 8 × (768 + 768)
+    assert "Tucker-2 (LoTR)" in out and "CP (LoRTA)" in out
+
+
+@pytest.mark.slow
+def test_quick_compare_writes_table_json_and_plot(tmp_path, capsys):
+    status = main(["compare", "--quick", "--no-progress", "--steps", "3", "--n-test", "32", "-o", str(tmp_path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "lora:r8" in out
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in record["rows"]] == ["head", "lora:r8", "tucker2:r1", "cp:tiny"]
+    for row in record["rows"]:
+        assert 0.0 <= row["accuracy_mean"] <= 1.0
+        assert row["seconds_per_step"] > 0
+    png = (tmp_path / "accuracy_vs_params.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
