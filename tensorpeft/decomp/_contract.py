@@ -111,8 +111,11 @@ def _plan(equation: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[_Step, ..
     if len(shapes) == 1:
         return (_Step((0,), equation, None),)
     _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
-    sizes = {c: n for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=True)
-             for c, n in zip(term, shape, strict=True)}
+    sizes = {
+        c: n
+        for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=True)
+        for c, n in zip(term, shape, strict=True)
+    }
     return tuple(_Step(tuple(step[0]), step[2], _gemm_spec(step[2], sizes)) for step in info.contraction_list)
 
 

@@ -7,6 +7,7 @@ import math
 from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
+from ._svd import leading_left_vectors
 from ._validate import check_positive_int
 
 __all__ = ["CP"]
@@ -118,9 +119,10 @@ class CP(StackedFormat):
             axis = self._output.index(letter)
             n = self.sizes[letter]
             unfolding = ops.swapaxes(target, 0, axis).reshape((n, -1))
-            u, s, _ = ops.svd(unfolding)
-            k = min(self.rank, u.shape[1])
-            columns = u[:, :k] * s[:k] ** (1.0 / len(self.factor_names))
+            # Only k singular pairs are used: from the smaller Gram, not a full SVD of the unfolding.
+            k = min(self.rank, *unfolding.shape)
+            u, s = leading_left_vectors(unfolding, k, ops, with_values=True)
+            columns = u * s ** (1.0 / len(self.factor_names))
             if k < self.rank:
                 factors[name] = ops.concatenate([columns, padding[name][:, k:]], axis=1)
             else:

@@ -1,0 +1,539 @@
+"""``check_format``: the property suite of a format, for built-in and custom formats alike."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ._assert import assert_close, to_numpy, tolerance
+
+__all__ = ["CHECKS", "check_format"]
+
+#: Names of the checks run by :func:`check_format`, in order (any of them can be skipped).
+CHECKS = ("structure", "to_dense", "apply", "init", "dtypes", "backends", "gradcheck", "fit", "errors")
+
+# numpy.einsum(optimize=False) loops over every index combination: above this many it is too slow to be
+# a reference, and numpy's own pairwise path (still independent of the library's) is used instead.
+_NAIVE_EINSUM_LIMIT = 10**7
+# gradcheck perturbs every scalar; above this many it projects onto random directions instead.
+_GRADCHECK_FULL_LIMIT = 256
+
+
+def _fail(check: str, fmt, detail: str):
+    raise AssertionError(f"check_format[{check}]: {detail}\n  format: {fmt!r}")
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _convert(factors: dict, backend: str, dtype=None) -> dict:
+    """Copy numpy factors to ``backend`` (and ``dtype``, default float64)."""
+    if backend == "numpy":
+        return {n: np.asarray(a, dtype=dtype or np.float64) for n, a in factors.items()}
+    import torch
+
+    return {n: torch.tensor(np.asarray(a), dtype=dtype or torch.float64) for n, a in factors.items()}
+
+
+def _is_backend(array, backend: str) -> bool:
+    if backend == "numpy":
+        return isinstance(array, np.ndarray)
+    import torch
+
+    return isinstance(array, torch.Tensor)
+
+
+def _stack_indices(fmt):
+    return list(np.ndindex(*fmt.stack))
+
+
+def _naive_einsum(equation: str, operands, sizes) -> np.ndarray:
+    cost = math.prod(sizes.values()) if sizes else 1
+    return np.einsum(equation, *operands, optimize=cost > _NAIVE_EINSUM_LIMIT)
+
+
+def _reference(fmt, factors):
+    """``(dense, |dense| bound)`` from ``fmt.equation`` by plain numpy.einsum, or ``None`` without one."""
+    equation = getattr(fmt, "equation", None)
+    names = getattr(fmt, "factor_names", None)
+    if equation is None or names is None:
+        return None
+    arrays = [to_numpy(factors[n]).astype(np.float64) for n in names]
+    sizes = getattr(fmt, "sizes", {})
+    dense = _naive_einsum(equation, arrays, sizes).reshape(fmt.shape)
+    bound = _naive_einsum(equation, [np.abs(a) for a in arrays], sizes).reshape(fmt.shape)
+    return dense, bound
+
+
+class _Suite:
+    def __init__(self, fmt, backends, seed, fit_tol):
+        self.fmt = fmt
+        self.backends = backends
+        self.seed = seed
+        self.fit_tol = 1e-8 if fit_tol is None else float(fit_tol)
+        self.rng = np.random.default_rng(seed)
+        self.x = self.rng.standard_normal((2, 3, fmt.in_features))
+
+    # Computed on first use, so that the structure check reports a broken `random` before anything uses it.
+    @functools.cached_property
+    def factors(self) -> dict:
+        return {n: to_numpy(a).astype(np.float64) for n, a in self.fmt.random(seed=self.seed).items()}
+
+    @functools.cached_property
+    def _dense_and_bound(self):
+        ref = _reference(self.fmt, self.factors)
+        if ref is None:  # no equation: the format's own numpy to_dense is all there is
+            dense = to_numpy(self.fmt.to_dense(self.factors)).astype(np.float64)
+            ref = (dense, np.abs(dense))
+        return ref
+
+    @property
+    def dense(self) -> np.ndarray:
+        return self._dense_and_bound[0]
+
+    @property
+    def dense_bound(self) -> np.ndarray:
+        return self._dense_and_bound[1]
+
+    def fail(self, check, detail):
+        _fail(check, self.fmt, detail)
+
+    def close(self, check, actual, desired, *, scale=None, rtol=None, what="arrays"):
+        try:
+            assert_close(actual, desired, rtol=rtol, scale=scale, what=what)
+        except AssertionError as exc:
+            self.fail(check, str(exc))
+
+    # ------------------------------------------------------------------ structure
+    def structure(self):
+        fmt = self.fmt
+        shapes = fmt.factor_shapes
+        if not isinstance(shapes, dict) or not shapes:
+            self.fail("structure", f"`factor_shapes` must be a non-empty dict, got {shapes!r}.")
+        for name, shape in shapes.items():
+            if not isinstance(shape, tuple) or not all(type(n) is int and n >= 1 for n in shape):
+                self.fail("structure", f"`factor_shapes[{name!r}]` must be a tuple of positive ints, got {shape!r}.")
+        total = sum(math.prod(s) for s in shapes.values())
+        if type(fmt.num_params) is not int or fmt.num_params != total:
+            self.fail(
+                "structure",
+                f"`num_params`={fmt.num_params!r} must be the int sum of the factor sizes, {total}.",
+            )
+        expected = (*fmt.stack, fmt.out_features, fmt.in_features)
+        if tuple(fmt.shape) != expected or not all(type(n) is int for n in fmt.shape):
+            self.fail("structure", f"`shape`={fmt.shape!r} must be (*stack, out_features, in_features) = {expected}.")
+        fac = fmt.random(seed=self.seed)
+        if set(fac) != set(shapes):
+            self.fail("structure", f"`random` returned factors {sorted(fac)}, expected {sorted(shapes)}.")
+        for name, shape in shapes.items():
+            got = tuple(fac[name].shape)
+            if got != shape:
+                self.fail("structure", f"`random()[{name!r}]` has shape {got}, expected {shape}.")
+            if not np.any(to_numpy(fac[name])):
+                self.fail("structure", f"`random()[{name!r}]` is all zeros; random factors must be non-zero.")
+        again = fmt.random(seed=self.seed)
+        for name in shapes:
+            if not np.array_equal(to_numpy(fac[name]), to_numpy(again[name])):
+                self.fail("structure", f"`random(seed={self.seed})[{name!r}]` differs between two calls.")
+
+    # ------------------------------------------------------------------ dense reconstruction
+    def to_dense(self):
+        for backend in self.backends:
+            dense = self.fmt.to_dense(_convert(self.factors, backend))
+            self._check_array("to_dense", dense, backend, "float64", self.fmt.shape, "`to_dense`")
+            self.close(
+                "to_dense",
+                dense,
+                self.dense,
+                scale=self.dense_bound,
+                what=f"`to_dense` ({backend}) and the numpy.einsum reference of the equation",
+            )
+
+    def _check_array(self, check, array, backend, dtype, shape, what):
+        if not _is_backend(array, backend):
+            self.fail(check, f"{what} returned {type(array).__name__} for {backend} factors.")
+        if str(array.dtype).removeprefix("torch.") != dtype:
+            self.fail(check, f"{what} returned dtype {array.dtype} for {dtype} {backend} factors.")
+        if tuple(array.shape) != tuple(shape):
+            self.fail(check, f"{what} returned shape {tuple(array.shape)}, expected {tuple(shape)}.")
+
+    # ------------------------------------------------------------------ factored apply
+    def apply(self):
+        fmt, x_np = self.fmt, self.x
+        out = fmt.out_features
+        for backend in self.backends:
+            fac = _convert(self.factors, backend)
+            x = _convert({"x": x_np}, backend)["x"]
+            for index in _stack_indices(fmt):
+                y = fmt.apply(fac, x, index=index)
+                self._check_array("apply", y, backend, "float64", (*x_np.shape[:-1], out), f"`apply` at {index}")
+                desired = x_np @ self.dense[index].T
+                scale = np.abs(x_np) @ self.dense_bound[index].T
+                what = f"`apply(factors, x, index={index})` ({backend}) and `x @ to_dense(factors)[index].T`"
+                self.close("apply", y, desired, scale=scale, what=what)
+                if len(index) == 1:
+                    self.close("apply", fmt.apply(fac, x, index=index[0]), y, what=f"`apply` at int {index[0]}")
+            index = _stack_indices(fmt)[-1]
+            vector = fmt.apply(fac, x[0, 0], index=index)
+            self._check_array("apply", vector, backend, "float64", (out,), "`apply` of a vector x")
+            self.close(
+                "apply",
+                vector,
+                x_np[0, 0] @ self.dense[index].T,
+                scale=np.abs(x_np[0, 0]) @ self.dense_bound[index].T,
+                what="`apply` of a vector x",
+            )
+            every = fmt.apply(fac, x, index=None)
+            self._check_array(
+                "apply", every, backend, "float64", (*fmt.stack, *x_np.shape[:-1], out), "`apply(index=None)`"
+            )
+            desired = np.einsum("...oi,bci->...bco", self.dense, x_np)
+            scale = np.einsum("...oi,bci->...bco", self.dense_bound, np.abs(x_np))
+            self.close("apply", every, desired, scale=scale, what=f"`apply(index=None)` ({backend}) and every slice")
+
+    # ------------------------------------------------------------------ zero-delta init
+    def init(self):
+        fmt = self.fmt
+        for backend in self.backends:
+            fac = fmt.init(seed=self.seed, backend=backend)
+            try:
+                fmt.check_factors(fac)
+            except (TypeError, ValueError) as exc:
+                self.fail("init", f"`init` ({backend}) returned invalid factors: {exc}")
+            dense = to_numpy(fmt.to_dense(fac))
+            if np.any(dense):
+                self.fail(
+                    "init",
+                    f"`init` ({backend}) gives ΔW with max |entry| {np.max(np.abs(dense)):.3g}; it must be exactly 0.",
+                )
+            x = _convert({"x": self.x}, backend, dtype=fac[next(iter(fac))].dtype)["x"]
+            y = to_numpy(fmt.apply(fac, x, index=None))
+            if np.any(y):
+                self.fail("init", f"`apply` of the `init` factors ({backend}) is not exactly 0.")
+            zero = self._zero_factors(fac)
+            if not zero:
+                self.fail("init", f"`init` ({backend}) gives ΔW == 0 but no factor is zero: no gradient can flow.")
+            again = fmt.init(seed=self.seed, backend=backend)
+            for name in fac:
+                if not np.array_equal(to_numpy(fac[name]), to_numpy(again[name])):
+                    self.fail("init", f"`init(seed={self.seed})[{name!r}]` ({backend}) differs between two calls.")
+        self._init_gradient_numpy()
+        if "torch" in self.backends:
+            self._init_gradient_torch()
+
+    def _zero_factors(self, fac):
+        declared = getattr(self.fmt, "zero_factor", None)
+        if declared is not None:
+            return [declared]
+        return [n for n, a in fac.items() if not np.any(to_numpy(a))]
+
+    def _init_gradient_numpy(self):
+        """∂⟨R, ΔW⟩/∂Z for the zero factor Z, by one einsum (ΔW is linear in Z)."""
+        fmt = self.fmt
+        equation = getattr(fmt, "equation", None)
+        if equation is None:
+            return
+        fac = {n: to_numpy(a) for n, a in fmt.init(seed=self.seed).items()}
+        lhs, out = equation.split("->")
+        terms = dict(zip(fmt.factor_names, lhs.split(","), strict=True))
+        weights = self.rng.standard_normal(fmt.shape).reshape([fmt.sizes[c] for c in out])
+        for name in self._zero_factors(fac):
+            others = [n for n in fmt.factor_names if n != name]
+            present = set(out).union(*(terms[n] for n in others))
+            dangling = [c for c in terms[name] if c not in present]
+            operands = [weights, *(fac[n] for n in others), *(np.ones(fmt.sizes[c]) for c in dangling)]
+            spec = ",".join([out, *(terms[n] for n in others), *dangling])
+            grad = _naive_einsum(f"{spec}->{terms[name]}", operands, fmt.sizes)
+            if not np.any(grad):
+                self.fail("init", f"the gradient of ΔW with respect to the zero factor {name!r} is 0 at `init`.")
+
+    def _init_gradient_torch(self):
+        import torch
+
+        fmt = self.fmt
+        fac = {n: a.requires_grad_() for n, a in fmt.init(seed=self.seed, backend="torch", dtype=torch.float64).items()}
+        x = torch.from_numpy(self.x)
+        weights = torch.from_numpy(self.rng.standard_normal((*fmt.stack, *self.x.shape[:-1], fmt.out_features)))
+        try:
+            (fmt.apply(fac, x, index=None) * weights).sum().backward()
+        except RuntimeError as exc:  # e.g. an output that does not require grad
+            self.fail("init", f"torch autograd cannot differentiate `apply` at `init`: {exc}")
+        for name in self._zero_factors({n: a.detach() for n, a in fac.items()}):
+            grad = fac[name].grad
+            if grad is None or not bool(torch.any(grad != 0)):
+                self.fail("init", f"torch autograd gives no gradient for the zero factor {name!r} through `apply`.")
+
+    # ------------------------------------------------------------------ dtypes
+    def dtypes(self):
+        fmt = self.fmt
+        for backend in self.backends:
+            if backend == "numpy":
+                default, explicit, names = np.float64, np.float32, ("float64", "float32")
+            else:
+                import torch
+
+                default, explicit = torch.get_default_dtype(), torch.float32
+                if default == torch.float32:
+                    explicit = torch.float64
+                names = (str(default).removeprefix("torch."), str(explicit).removeprefix("torch."))
+            for method in ("random", "init"):
+                for dtype, name in ((None, names[0]), (explicit, names[1])):
+                    fac = getattr(fmt, method)(seed=self.seed, backend=backend, dtype=dtype)
+                    for n, a in fac.items():
+                        self._check_array(
+                            "dtypes", a, backend, name, fmt.factor_shapes[n], f"`{method}(dtype={dtype})[{n!r}]`"
+                        )
+            fac = fmt.random(seed=self.seed, backend=backend, dtype=explicit)
+            self._check_array("dtypes", fmt.to_dense(fac), backend, names[1], fmt.shape, "`to_dense`")
+            x = _convert({"x": self.x}, backend, dtype=explicit)["x"]
+            index = _stack_indices(fmt)[0]
+            self._check_array(
+                "dtypes", fmt.apply(fac, x, index=index), backend, names[1], (2, 3, fmt.out_features), "`apply`"
+            )
+
+    # ------------------------------------------------------------------ numpy vs torch
+    def backends_agree(self):
+        fmt = self.fmt
+        fac_np, fac_t = _convert(self.factors, "numpy"), _convert(self.factors, "torch")
+        rtol = tolerance("float64")
+        self.close(
+            "backends",
+            fmt.to_dense(fac_t),
+            fmt.to_dense(fac_np),
+            scale=self.dense_bound,
+            rtol=rtol,
+            what="numpy and torch `to_dense`",
+        )
+        x_t = _convert({"x": self.x}, "torch")["x"]
+        scale = np.einsum("...oi,bci->...bco", self.dense_bound, np.abs(self.x))
+        self.close(
+            "backends",
+            fmt.apply(fac_t, x_t, index=None),
+            fmt.apply(fac_np, self.x, index=None),
+            scale=scale,
+            rtol=rtol,
+            what="numpy and torch `apply(index=None)`",
+        )
+
+    # ------------------------------------------------------------------ autograd
+    def gradcheck(self):
+        import torch
+
+        fmt = self.fmt
+        names = list(fmt.factor_shapes)
+        fac = [torch.tensor(self.factors[n], dtype=torch.float64, requires_grad=True) for n in names]
+        x = torch.tensor(self.x[0], dtype=torch.float64, requires_grad=True)
+        fast = fmt.num_params + x.numel() > _GRADCHECK_FULL_LIMIT
+        for index in (_stack_indices(fmt)[-1], None):
+
+            def apply(*arrays, index=index):
+                return fmt.apply(dict(zip(names, arrays[:-1], strict=True)), arrays[-1], index=index)
+
+            try:
+                torch.autograd.gradcheck(apply, (*fac, x), fast_mode=fast)
+            except RuntimeError as exc:  # torch.autograd.GradcheckError
+                self.fail("gradcheck", f"torch.autograd.gradcheck through `apply(index={index})` failed: {exc}")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self):
+        fmt = self.fmt
+        target = to_numpy(fmt.to_dense(fmt.random(seed=self.seed + 1))).astype(np.float64)
+        for backend in self.backends:
+            dense = _convert({"d": target}, backend)["d"]
+            result = fmt.fit(dense)
+            if not isinstance(result, tuple) or len(result) != 2:
+                self.fail("fit", f"`fit` must return (factors, rel_err), got {type(result).__name__}.")
+            fac, err = result
+            try:
+                fmt.check_factors(fac)
+            except (TypeError, ValueError) as exc:
+                self.fail("fit", f"`fit` ({backend}) returned invalid factors: {exc}")
+            for name, array in fac.items():
+                self._check_array("fit", array, backend, "float64", fmt.factor_shapes[name], f"`fit()[{name!r}]`")
+            if not isinstance(err, float) or not math.isfinite(err):
+                self.fail("fit", f"`fit` ({backend}) must return a finite float error, got {err!r}.")
+            rebuilt = to_numpy(fmt.to_dense(fac))
+            actual = float(np.linalg.norm(target - rebuilt) / np.linalg.norm(target))
+            if abs(err - actual) > 1e-8 * max(1.0, actual):
+                self.fail("fit", f"`fit` ({backend}) reported rel_err {err:.3g} but the factors give {actual:.3g}.")
+            if actual > 1 + 1e-9:
+                self.fail("fit", f"`fit` ({backend}) is worse than the zero tensor: rel_err {actual:.3g} > 1.")
+            if actual > self.fit_tol:
+                self.fail(
+                    "fit",
+                    f"`fit` ({backend}) of an exactly representable tensor has rel_err {actual:.3g} > "
+                    f"`fit_tol`={self.fit_tol:.3g}.",
+                )
+        fac, err = fmt.fit(np.zeros(fmt.shape))
+        if err != 0 or np.any(to_numpy(fmt.to_dense(fac))):
+            self.fail("fit", f"`fit` of the zero tensor must return ΔW == 0 and rel_err 0, got rel_err {err!r}.")
+
+    # ------------------------------------------------------------------ bad input
+    def errors(self):
+        fmt = self.fmt
+        fac = _convert(self.factors, "numpy")
+        first = next(iter(fmt.factor_shapes))
+        index = _stack_indices(fmt)[0]
+        x = self.x[0]
+        missing = {n: a for n, a in fac.items() if n != first}
+        bad_shape = fac | {first: np.zeros((fac[first].shape[0] + 1, *fac[first].shape[1:]))}
+        cases = [
+            ("to_dense with a missing factor", "factors", lambda: fmt.to_dense(missing)),
+            ("apply with a missing factor", "factors", lambda: fmt.apply(missing, x, index=index)),
+            ("to_dense with an extra factor", "factors", lambda: fmt.to_dense(fac | {"not_a_factor": x})),
+            ("to_dense with a mis-shaped factor", "factors", lambda: fmt.to_dense(bad_shape)),
+            (
+                "apply with x of the wrong last dimension",
+                "x",
+                lambda: fmt.apply(fac, np.ones(fmt.in_features + 1), index=index),
+            ),
+            (
+                "apply with an index of the wrong length",
+                "index",
+                lambda: fmt.apply(fac, x, index=(0,) * (len(fmt.stack) + 1)),
+            ),
+            ("fit of a tensor with a NaN", "dense", lambda: fmt.fit(np.full(fmt.shape, np.nan))),
+            ("fit of a tensor of the wrong shape", "dense", lambda: fmt.fit(np.ones((*fmt.shape, 1)))),
+        ]
+        if fmt.stack:
+            out_of_range = tuple(fmt.stack)
+            cases.append(("apply with an index out of range", "index", lambda: fmt.apply(fac, x, index=out_of_range)))
+        if "torch" in self.backends and len(fac) > 1:
+            mixed = fac | {first: _convert({first: fac[first]}, "torch")[first]}
+            cases.append(("to_dense with numpy and torch factors mixed", "factors", lambda: fmt.to_dense(mixed)))
+        for what, argument, call in cases:
+            try:
+                call()
+            except (TypeError, ValueError) as exc:
+                if f"`{argument}" not in str(exc):
+                    self.fail("errors", f"{what} raised {type(exc).__name__}({exc}), which does not name `{argument}`.")
+            except Exception as exc:  # any other exception is the failure being reported
+                self.fail("errors", f"{what} raised {type(exc).__name__}({exc}) instead of ValueError or TypeError.")
+            else:
+                self.fail("errors", f"{what} raised no ValueError or TypeError.")
+
+
+def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = None, seed: int = 0, skip=()):
+    """Run the property suite of a format and raise AssertionError at the first failure.
+
+    Works on any format with the vocabulary of :class:`~tensorpeft.decomp.TensorNetwork` (built-in,
+    custom equation or subclass). The checks, in order (names as in :data:`CHECKS`):
+
+    ``structure``
+        ``num_params`` is the int sum of the sizes in ``factor_shapes``; ``shape`` is
+        ``(*stack, out_features, in_features)``; ``random(seed)`` is reproducible, non-zero, of those shapes.
+    ``to_dense``
+        Equals a plain ``numpy.einsum`` of ``fmt.equation`` (``optimize=False``), reshaped, in every
+        backend, and returns that backend's arrays in the factors' dtype. (A format without an
+        ``equation`` is compared with its own numpy ``to_dense``: only backends and dtypes are checked.)
+    ``apply``
+        ``apply(factors, x, index)`` equals ``x @ to_dense(factors)[index].T`` for every stack index
+        (tuple, and plain int for one stack mode), for batched and vector ``x``; ``index=None`` equals
+        all slices at once.
+    ``init``
+        ΔW == 0 exactly (and ``apply`` gives exact zeros), reproducibly, yet the gradient with respect
+        to the zero factor is non-zero (by one einsum, and by torch autograd).
+    ``dtypes``
+        numpy defaults to float64, torch to ``torch.get_default_dtype()``; an explicit ``dtype`` is
+        honored by ``random``, ``init``, ``to_dense`` and ``apply``.
+    ``backends``
+        numpy and torch (float64) give the same ``to_dense`` and ``apply`` to 1e-10.
+    ``gradcheck``
+        ``torch.autograd.gradcheck`` through ``apply`` (one slice, and ``index=None``) in float64.
+    ``fit``
+        ``fit(to_dense(random))`` returns valid factors in the input's backend with a truthful
+        ``rel_err`` that is ``<= fit_tol`` and never above 1; the zero tensor is fitted exactly.
+    ``errors``
+        Missing, extra and mis-shaped factors, mixed numpy/torch factors, ``x`` of the wrong width, a bad
+        ``index`` and a non-finite or mis-shaped ``dense`` raise ValueError or TypeError naming the argument.
+
+    Parameters
+    ----------
+    fmt : TensorNetwork
+        The format under test.
+    backends : sequence of {"numpy", "torch"}
+        Array libraries to test. "torch" is dropped silently when torch is not installed, and the
+        ``backends`` and ``gradcheck`` checks then do not run.
+    fit_tol : float, optional
+        Largest relative error allowed when fitting an exactly representable tensor; default 1e-8.
+        Iterative fits (CP, ALS of a custom network) may need a looser value; ``math.inf`` keeps only
+        the consistency checks of ``fit``.
+    seed : int
+        Seed of the random factors and inputs.
+    skip : collection of str
+        Names of checks (from :data:`CHECKS`) not to run.
+
+    Returns
+    -------
+    tuple of str
+        Names of the checks that ran (and passed).
+
+    Raises
+    ------
+    AssertionError
+        At the first failing property; the message names the check, what differed and the format.
+    ValueError
+        If ``backends`` or ``skip`` name something unknown.
+
+    Examples
+    --------
+    A custom Tucker-2 network written by hand passes the whole suite:
+
+    >>> from tensorpeft import decomp
+    >>> from tensorpeft.testing import check_format
+    >>> fmt = decomp.TensorNetwork(
+    ...     "or,lrs,is->loi", {"o": 4, "r": 2, "l": 3, "s": 2, "i": 5},
+    ...     stack_indices="l", out_indices="o", in_indices="i", zero_factor="F1")
+    >>> check_format(fmt, backends=("numpy",))
+    ('structure', 'to_dense', 'apply', 'init', 'dtypes', 'fit', 'errors')
+
+    A format whose ``apply`` forgets the transpose is caught:
+
+    >>> class Broken(decomp.LoRA):
+    ...     def apply(self, factors, x, index=()):
+    ...         return x @ self.to_dense(factors)[index]
+    >>> check_format(Broken((), 3, 3, rank=1), backends=("numpy",))
+    Traceback (most recent call last):
+    ...
+    AssertionError: check_format[apply]: `apply(factors, x, index=())` (numpy) and ... differ: ...
+    """
+    backends = tuple(backends)
+    unknown = [b for b in backends if b not in ("numpy", "torch")]
+    if unknown or not backends:
+        raise ValueError(f"`backends` must be a non-empty subset of ('numpy', 'torch'), got {backends!r}.")
+    skip = frozenset(skip)
+    if skip - set(CHECKS):
+        raise ValueError(f"`skip` names unknown checks {sorted(skip - set(CHECKS))}; known: {CHECKS}.")
+    if "torch" in backends and not _torch_available():
+        backends = tuple(b for b in backends if b != "torch")
+        if not backends:
+            backends = ("numpy",)
+    suite = _Suite(fmt, backends, seed, fit_tol)
+    steps = {
+        "structure": suite.structure,
+        "to_dense": suite.to_dense,
+        "apply": suite.apply,
+        "init": suite.init,
+        "dtypes": suite.dtypes,
+        "backends": suite.backends_agree,
+        "gradcheck": suite.gradcheck,
+        "fit": suite.fit,
+        "errors": suite.errors,
+    }
+    ran = []
+    for name in CHECKS:
+        missing = ("torch" not in backends and name in ("backends", "gradcheck")) or (
+            name == "backends" and "numpy" not in backends
+        )
+        if name in skip or missing:
+            continue
+        steps[name]()
+        ran.append(name)
+    return tuple(ran)

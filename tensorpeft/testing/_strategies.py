@@ -1,0 +1,406 @@
+"""Hypothesis strategies for formats: small random built-in formats and custom tensor networks.
+
+Sizes are kept small on purpose (features up to 6, stacks of at most two modes of size 3): the
+properties the suite checks do not depend on size, and small instances let hypothesis run hundreds of
+them, gradcheck included, in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+from ..decomp import CP, LoRA, OrthogonalProjection, TensorNetwork, TensorTrain, Tucker2, balanced_modes
+from ..decomp._validate import check_positive_int
+
+__all__ = [
+    "cp_formats",
+    "formats",
+    "lora_formats",
+    "orthogonal_formats",
+    "tensor_networks",
+    "tensor_train_formats",
+    "tucker2_formats",
+]
+
+
+def _check_nonnegative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+    return value
+
+
+def _stacks(stack_modes: int, max_stack: int):
+    return st.lists(st.integers(1, max_stack), max_size=stack_modes).map(tuple)
+
+
+def _sizes(stack_modes, max_stack, max_features):
+    stack_modes = _check_nonnegative_int(stack_modes, "stack_modes")
+    max_stack = check_positive_int(max_stack, "max_stack")
+    max_features = check_positive_int(max_features, "max_features")
+    return _stacks(stack_modes, max_stack), st.integers(1, max_features)
+
+
+def lora_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6):
+    """Strategy for small :class:`~tensorpeft.decomp.LoRA` formats.
+
+    Parameters
+    ----------
+    stack_modes : int
+        Largest number of stack modes (``()`` is always possible).
+    max_stack : int
+        Largest size of a stack mode.
+    max_features : int
+        Largest ``out_features`` and ``in_features``.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.LoRA`, with ``1 <= rank <= min(out_features, in_features)``.
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import lora_formats
+    >>> @settings(max_examples=10)
+    ... @given(lora_formats())
+    ... def test(fmt):
+    ...     assert fmt.rank <= min(fmt.out_features, fmt.in_features)
+    >>> test()
+    """
+    stacks, features = _sizes(stack_modes, max_stack, max_features)
+
+    @st.composite
+    def build(draw):
+        stack, d_out, d_in = draw(stacks), draw(features), draw(features)
+        return LoRA(stack, d_out, d_in, rank=draw(st.integers(1, min(d_out, d_in))))
+
+    return build()
+
+
+def tucker2_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6):
+    """Strategy for small :class:`~tensorpeft.decomp.Tucker2` formats.
+
+    Ranks are a single int (``<= min(out_features, in_features)``) or a rectangular pair
+    ``(r_out, r_in)`` with ``r_out <= out_features`` and ``r_in <= in_features``.
+
+    Parameters
+    ----------
+    stack_modes : int
+        Largest number of stack modes (``()`` is always possible).
+    max_stack : int
+        Largest size of a stack mode.
+    max_features : int
+        Largest ``out_features`` and ``in_features``.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.Tucker2`.
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import tucker2_formats
+    >>> @settings(max_examples=10)
+    ... @given(tucker2_formats(stack_modes=1))
+    ... def test(fmt):
+    ...     r_out, r_in = fmt.rank
+    ...     assert fmt.num_params == r_out * fmt.out_features + r_in * fmt.in_features + fmt.num_slices * r_out * r_in
+    >>> test()
+    """
+    stacks, features = _sizes(stack_modes, max_stack, max_features)
+
+    @st.composite
+    def build(draw):
+        stack, d_out, d_in = draw(stacks), draw(features), draw(features)
+        square = st.integers(1, min(d_out, d_in))
+        pair = st.tuples(st.integers(1, d_out), st.integers(1, d_in))
+        return Tucker2(stack, d_out, d_in, rank=draw(st.one_of(square, pair)))
+
+    return build()
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def cp_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6, max_rank: int = 4):
+    """Strategy for small :class:`~tensorpeft.decomp.CP` formats, with and without a head split.
+
+    Parameters
+    ----------
+    stack_modes, max_stack, max_features : int
+        As :func:`lora_formats`.
+    max_rank : int
+        Largest CP rank (CP has no upper bound; the rank may exceed the feature sizes).
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.CP`; ``heads`` is ``None`` or a divisor of ``out_features``.
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import cp_formats
+    >>> @settings(max_examples=10)
+    ... @given(cp_formats())
+    ... def test(fmt):
+    ...     assert fmt.heads is None or fmt.out_features % fmt.heads == 0
+    >>> test()
+    """
+    stacks, features = _sizes(stack_modes, max_stack, max_features)
+    max_rank = check_positive_int(max_rank, "max_rank")
+
+    @st.composite
+    def build(draw):
+        stack, d_out, d_in = draw(stacks), draw(features), draw(features)
+        heads = draw(st.one_of(st.none(), st.sampled_from(_divisors(d_out))))
+        return CP(stack, d_out, d_in, rank=draw(st.integers(1, max_rank)), heads=heads)
+
+    return build()
+
+
+def _factorizations(n: int):
+    """Strategy for ordered factorizations of ``n`` into modes (a mode of size 1 now and then)."""
+    primes, m, p = [], n, 2
+    while p * p <= m:
+        while m % p == 0:
+            primes.append(p)
+            m //= p
+        p += 1
+    if m > 1:
+        primes.append(m)
+
+    @st.composite
+    def build(draw):
+        order = draw(st.permutations(primes))
+        modes = []
+        for q in order:
+            if modes and draw(st.booleans()):
+                modes[-1] *= q
+            else:
+                modes.append(q)
+        if not modes or draw(st.integers(0, 4)) == 0:
+            modes.insert(draw(st.integers(0, len(modes))), 1)
+        return tuple(modes)
+
+    return build()
+
+
+def tensor_train_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6, max_rank: int = 3):
+    """Strategy for small :class:`~tensorpeft.decomp.TensorTrain` formats.
+
+    Draws explicit ``in_modes``/``out_modes`` (any ordered factorization, size-1 modes included) or
+    the automatic ones, ``share_stack`` True or False, and a rank that is an int (capped per bond) or
+    an explicit tuple within every bond's bound.
+
+    Parameters
+    ----------
+    stack_modes, max_stack, max_features : int
+        As :func:`lora_formats`.
+    max_rank : int
+        Largest bond rank.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.TensorTrain`.
+
+    Examples
+    --------
+    >>> import math
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import tensor_train_formats
+    >>> @settings(max_examples=10)
+    ... @given(tensor_train_formats())
+    ... def test(fmt):
+    ...     assert math.prod(fmt.in_modes) == fmt.in_features
+    >>> test()
+    """
+    stacks, features = _sizes(stack_modes, max_stack, max_features)
+    max_rank = check_positive_int(max_rank, "max_rank")
+
+    @st.composite
+    def build(draw):
+        stack, d_out, d_in = draw(stacks), draw(features), draw(features)
+        in_modes = draw(st.one_of(st.none(), _factorizations(d_in)))
+        out_modes = draw(st.one_of(st.none(), _factorizations(d_out)))
+        share = draw(st.booleans())
+        auto_in = balanced_modes(d_in) if in_modes is None else in_modes
+        auto_out = tuple(reversed(balanced_modes(d_out))) if out_modes is None else out_modes
+        train = (*stack, *auto_in, *auto_out) if share else (*auto_in, *auto_out)
+        bounds = [min(math.prod(train[: k + 1]), math.prod(train[k + 1 :])) for k in range(len(train) - 1)]
+        explicit = st.tuples(*(st.integers(1, min(b, max_rank)) for b in bounds))
+        rank = draw(st.one_of(st.integers(1, max_rank), explicit))
+        return TensorTrain(stack, d_out, d_in, rank=rank, in_modes=in_modes, out_modes=out_modes, share_stack=share)
+
+    return build()
+
+
+def orthogonal_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6):
+    """Strategy for small :class:`~tensorpeft.decomp.OrthogonalProjection` formats.
+
+    ``inner`` is omitted (so equal to ``rank``) or drawn in ``rank <= inner <= min(out_features,
+    in_features)``.
+
+    Parameters
+    ----------
+    stack_modes : int
+        Largest number of stack modes (``()`` is always possible).
+    max_stack : int
+        Largest size of a stack mode.
+    max_features : int
+        Largest ``out_features`` and ``in_features``.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.OrthogonalProjection`.
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import orthogonal_formats
+    >>> @settings(max_examples=10)
+    ... @given(orthogonal_formats())
+    ... def test(fmt):
+    ...     assert fmt.rank <= fmt.inner <= min(fmt.out_features, fmt.in_features)
+    >>> test()
+    """
+    stacks, features = _sizes(stack_modes, max_stack, max_features)
+
+    @st.composite
+    def build(draw):
+        stack, d_out, d_in = draw(stacks), draw(features), draw(features)
+        inner = draw(st.one_of(st.none(), st.integers(1, min(d_out, d_in))))
+        rank = draw(st.integers(1, inner or min(d_out, d_in)))
+        return OrthogonalProjection(stack, d_out, d_in, rank=rank, inner=inner)
+
+    return build()
+
+
+def formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6):
+    """Strategy for a small instance of any built-in format.
+
+    One of :func:`lora_formats`, :func:`tucker2_formats`, :func:`cp_formats`,
+    :func:`tensor_train_formats` and :func:`orthogonal_formats`, with the same size limits (and their
+    default rank limits).
+
+    Parameters
+    ----------
+    stack_modes : int
+        Largest number of stack modes (``()`` is always possible).
+    max_stack : int
+        Largest size of a stack mode.
+    max_features : int
+        Largest ``out_features`` and ``in_features``.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.TensorNetwork` subclasses.
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import formats
+    >>> @settings(max_examples=10)
+    ... @given(formats())
+    ... def test(fmt):
+    ...     assert fmt.shape == (*fmt.stack, fmt.out_features, fmt.in_features)
+    >>> test()
+    """
+    kwargs = {"stack_modes": stack_modes, "max_stack": max_stack, "max_features": max_features}
+    return st.one_of(
+        lora_formats(**kwargs),
+        tucker2_formats(**kwargs),
+        cp_formats(**kwargs),
+        tensor_train_formats(**kwargs),
+        orthogonal_formats(**kwargs),
+    )
+
+
+def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int = 3, max_elements: int = 96):
+    """Strategy for random valid custom :class:`~tensorpeft.decomp.TensorNetwork` formats.
+
+    Every index letter (stack, output, input or bond) is carried by a random non-empty set of factors,
+    so the networks include shared stack modes, hyperedges (an index on three factors) and dangling
+    bonds (on one factor only, hence summed). Features may be split into two modes.
+
+    Parameters
+    ----------
+    max_factors : int
+        Largest number of factors.
+    stack_modes : int
+        Largest number of stack modes.
+    max_size : int
+        Largest size of one index.
+    max_elements : int
+        Upper bound on every factor's size and on the dense tensor's size, so that gradchecks and
+        naive references stay cheap (sizes are trimmed, largest first, until it holds).
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of :class:`~tensorpeft.decomp.TensorNetwork`.
+
+    Examples
+    --------
+    >>> import math
+    >>> from hypothesis import given, settings
+    >>> from tensorpeft.testing import tensor_networks
+    >>> @settings(max_examples=10)
+    ... @given(tensor_networks())
+    ... def test(fmt):
+    ...     assert fmt.num_params == sum(math.prod(s) for s in fmt.factor_shapes.values())
+    >>> test()
+    """
+    max_factors = check_positive_int(max_factors, "max_factors")
+    stack_modes = _check_nonnegative_int(stack_modes, "stack_modes")
+    max_size = check_positive_int(max_size, "max_size")
+    max_elements = check_positive_int(max_elements, "max_elements")
+
+    @st.composite
+    def build(draw):
+        n_stack = draw(st.integers(0, stack_modes))
+        n_out, n_in, n_bond = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(0, 3))
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        stack = letters[:n_stack]
+        out = letters[n_stack : n_stack + n_out]
+        inp = letters[n_stack + n_out : n_stack + n_out + n_in]
+        bonds = letters[n_stack + n_out + n_in : n_stack + n_out + n_in + n_bond]
+        n_factors = draw(st.integers(1, max_factors))
+        members: list[set[str]] = [set() for _ in range(n_factors)]
+        for letter in stack + out + inp + bonds:
+            for k in draw(st.sets(st.integers(0, n_factors - 1), min_size=1)):
+                members[k].add(letter)
+        for k in range(n_factors):
+            if not members[k]:
+                members[k].add(draw(st.sampled_from(stack + out + inp + bonds)))
+        sizes = {c: draw(st.integers(1, max_size)) for c in stack + out + inp + bonds}
+        _trim(sizes, [*members, set(stack + out + inp)], max_elements)
+        terms = ["".join(draw(st.permutations(sorted(m)))) for m in members]
+        names = draw(st.one_of(st.none(), st.just(tuple(f"factor_{k}" for k in range(n_factors)))))
+        zero = draw(st.integers(0, n_factors - 1))
+        return TensorNetwork(
+            f"{','.join(terms)}->{stack + out + inp}",
+            sizes,
+            stack_indices=stack,
+            out_indices=out,
+            in_indices=inp,
+            factor_names=names,
+            zero_factor=None if names is None else names[zero],
+        )
+
+    return build()
+
+
+def _trim(sizes: dict[str, int], groups: list[set[str]], limit: int) -> None:
+    """Shrink the largest sizes in place until every group's size product is at most ``limit``."""
+    for group in groups:
+        while math.prod(sizes[c] for c in group) > limit:
+            largest = max(sorted(group), key=lambda c: sizes[c])
+            sizes[largest] -= 1
