@@ -6,6 +6,7 @@ Bad arguments end with a one-line error on stderr and exit status 2, never a tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--steps", type=_positive, help="training steps per method (default 150; 8 with --quick)")
     cmp.add_argument("--batch-size", type=_positive, default=16)
     cmp.add_argument("--lr", type=float, help="adapter learning rate for every method (default: tuned per family)")
+    cmp.add_argument("--head-lr", type=float, help="learning rate of the classification head (default 3e-3)")
     cmp.add_argument("--n-train", type=_positive, help="training examples (default: all but the test set)")
     cmp.add_argument("--n-test", type=_positive, help="test examples (default 1000; 128 with --quick)")
     cmp.add_argument("--output", "-o", default="runs/compare", help="output directory (default: %(default)s)")
@@ -136,6 +138,8 @@ def _compare(args) -> int:
         methods_text = "head,lora:r8,tucker2:r1,cp:tiny"
     methods = parse_methods(_csv(methods_text), budgets=args.budgets)
     train = TrainSettings(steps=args.steps or (8 if args.quick else 150), batch_size=args.batch_size)
+    if args.head_lr is not None:
+        train = dataclasses.replace(train, head_lr=args.head_lr)
     n_test = args.n_test or (128 if args.quick else 1000)
     settings = CompareSettings(
         model_path=str(model_path),

@@ -180,6 +180,9 @@ class TorchOps(Ops):
     def norm(self, x):
         return float(self.torch.linalg.vector_norm(x.detach()))
 
+    def autocast_enabled(self, x):
+        return self.torch.is_autocast_enabled(x.device.type)
+
     def matrix_frobenius(self, x):
         # torch's norm has gradient 0 (not NaN) at exactly 0, e.g. at orthonormal planes
         return self.torch.linalg.matrix_norm(x, ord="fro")

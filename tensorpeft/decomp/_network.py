@@ -321,6 +321,10 @@ class TensorNetwork:
         x_ops = ops_for(x, argument="x")
         if x_ops.name != ops.name:
             raise TypeError(f"`x` is a {x_ops.name} array but the factors are {ops.name} arrays.")
+        factor_dtype = ops.dtype_of(factors[self.factor_names[0]])
+        if ops.name == "torch" and x.dtype != factor_dtype and not ops.autocast_enabled(x):
+            # torch would fail deep inside einsum (outside autocast); numpy promotes, as numpy users expect
+            raise TypeError(f"`x` has dtype {x.dtype} but the factors are {factor_dtype}; cast one of them.")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"`x` must have last dimension `in_features`={self.in_features}, got shape {tuple(x.shape)}."
@@ -337,7 +341,7 @@ class TensorNetwork:
             out_terms = batch + self.out_indices
             out_shape = (*lead, self.out_features)
         equation = f"{','.join([*terms, batch + self.in_indices])}->{out_terms}"
-        y = contract(equation, *arrays, x2, ops=ops)
+        y = contract(equation, *arrays, x2, ops=ops, activation=len(arrays))
         return y.reshape(out_shape)
 
     # ------------------------------------------------------------------ fit

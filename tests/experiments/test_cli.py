@@ -39,7 +39,6 @@ def test_budget_table_for_bert_base(capsys):
     assert "Tucker-2 (LoTR)" in out and "CP (LoRTA)" in out
 
 
-@pytest.mark.slow
 def test_quick_compare_writes_table_json_and_plot(tmp_path, capsys):
     status = main(["compare", "--quick", "--no-progress", "--steps", "3", "--n-test", "32", "-o", str(tmp_path)])
     assert status == 0
