@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--steps", type=_positive, help="training steps per method (default 150; 8 with --quick)")
     cmp.add_argument("--batch-size", type=_positive, default=16)
     cmp.add_argument("--lr", type=float, help="adapter learning rate for every method (default: tuned per family)")
-    cmp.add_argument("--head-lr", type=float, help="learning rate of the classification head (default 3e-3)")
+    cmp.add_argument("--head-lr", type=float, help="learning rate of the classification head (default 1e-2)")
     cmp.add_argument("--n-train", type=_positive, help="training examples (default: all but the test set)")
     cmp.add_argument("--n-test", type=_positive, help="test examples (default 1000; 128 with --quick)")
     cmp.add_argument("--output", "-o", default="runs/compare", help="output directory (default: %(default)s)")

@@ -28,7 +28,7 @@ class TrainSettings:
     batch_size: int = 16
     max_length: int = 48
     lr: float = 1e-3
-    head_lr: float = 3e-3
+    head_lr: float = 1e-2
     weight_decay: float = 0.0
     warmup: float = 0.1
     eval_batch_size: int = 64
