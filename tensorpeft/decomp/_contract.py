@@ -2,22 +2,29 @@
 
 opt_einsum chooses the pairwise order (the part that matters: a bad order for a tensor train costs
 orders of magnitude); the plan is cached per ``(equation, shapes)``. Execution is ours, and for torch
-it is layout-aware: a pairwise step between a big operand (the activation) and a small one (a factor)
-that reduces to one matrix product runs as ``act2d @ factor2d`` with the factor made contiguous as a
-``(small, big)`` matrix. torch computes the gradient of a matmul operand in that operand's own memory
-layout, and a gradient GEMM whose output is ``(d, r)`` with ``r`` ~ 8 ran about 2× slower here than the
-same product written ``(r, d)``; copying the factor (a few kB) fixes the layout of its gradient.
-Every other step (factor with factor, batched or summed indices, numpy arrays) goes to the array
-library's own ``einsum``.
+it is layout-aware: a pairwise step that joins the activation (``x`` of a factored apply, marked by
+the caller with ``activation=``, or a result derived from it) with a factor, and reduces to one matrix
+product, runs as ``act2d @ factor2d`` with the factor made contiguous as a ``(small, big)`` matrix.
+torch computes the gradient of a matmul operand in that operand's own memory layout, and a gradient
+GEMM whose output is ``(d, r)`` with ``r`` ~ 8 ran about 2× slower here than the same product written
+``(r, d)``; copying the factor (a few kB) fixes the layout of its gradient. Every other step (factor
+with factor, batched or summed indices, numpy arrays) goes to the array library's own ``einsum``.
 
-Executors compared by ``benchmarks/bench_apply.py`` (forward + backward of a 12-layer 768×768 stack,
-1,024 tokens, every built-in format at LoRA r=8's parameter count; 2026-11-22, 2 vCPU, torch 2.13 CPU,
-see ``benchmarks/README.md`` for the table): ``"gemm"`` (this layout-aware pairwise execution) was the
-fastest or tied on every format and is the default; ``"pairwise"`` (each step through ``torch.einsum``,
-the previous default) was 3–14% slower per step, ``"einsum"`` (one ``torch.einsum`` of the whole
-equation, torch choosing the order on every call) and ``"expression"``
-(``opt_einsum.contract_expression(..., backend="torch")``) were slower still. ``executor(name)``
-switches for benchmarking only.
+Executors, measured by ``benchmarks/bench_apply.py`` on the adapter-only training step (forward +
+backward of a 12-layer 768×768 stack, 1,024 tokens, float32, every built-in format at LoRA r=8's
+parameter count; 2026-11-22, 2-vCPU AMD EPYC, torch 2.13 CPU, 1 thread, process CPU time, 10
+interleaved rounds, paired ratios; table in ``benchmarks/README.md``):
+
+- ``"gemm"`` (default): fastest or tied on every format.
+- ``"pairwise"``, each step through ``torch.einsum`` (the previous default): 1.46× slower on LoRA and
+  1.41× on LoRA², within ±4% (noise) on Tucker-2, CP and the tensor trains. torch.einsum runs a step as
+  ``bmm`` on permuted views, so a rank-8 factor's gradient comes out as a narrow ``(d, 8)`` GEMM.
+- ``"expression"``, ``opt_einsum.contract_expression(..., backend="torch")``: 1.41× slower on LoRA,
+  2.19× on the per-slice tensor train, within ±7% elsewhere.
+- ``"einsum"``, one ``torch.einsum`` of the whole equation (torch orders it on every call): 1.08-2.64×
+  slower on every format.
+
+``executor(name)`` switches executors, for benchmarking only.
 """
 
 from __future__ import annotations
@@ -69,8 +76,8 @@ class _Step(NamedTuple):
     gemm: _Gemm | None
 
 
-def _gemm_spec(equation: str, sizes: dict[str, int]) -> _Gemm | None:
-    """Describe ``equation`` (two operands) as one matrix product, or None if it is not one."""
+def _gemm_spec(equation: str, sizes: dict[str, int], act: int) -> _Gemm | None:
+    """Describe ``equation`` (two operands, ``act`` the activation) as one matrix product, or None."""
     lhs, out = equation.split("->")
     terms = lhs.split(",")
     if len(terms) != 2:
@@ -82,12 +89,12 @@ def _gemm_spec(equation: str, sizes: dict[str, int]) -> _Gemm | None:
         return None  # an outer or a batched (Hadamard) product
     if any(c not in out for c in (set(a) | set(b)) - shared):
         return None  # an index summed inside one operand
-    numel = [math.prod(sizes[c] for c in t) for t in terms]
-    act = 0 if numel[0] >= numel[1] else 1
     ta, tf = terms[act], terms[1 - act]
+    # Rows and contracted modes in the activation's own order (no copy of the activation); the
+    # factor's free modes in the order of the output, so that a final step needs no permutation.
     m = [c for c in ta if c not in shared]
     k = [c for c in ta if c in shared]
-    n = [c for c in tf if c not in shared]
+    n = [c for c in out if c in tf]
     size_m = math.prod(sizes[c] for c in m)
     size_k = math.prod(sizes[c] for c in k)
     size_n = math.prod(sizes[c] for c in n)
@@ -107,7 +114,11 @@ def _gemm_spec(equation: str, sizes: dict[str, int]) -> _Gemm | None:
 
 
 @lru_cache(maxsize=1024)
-def _plan(equation: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[_Step, ...]:
+def _plan(equation: str, shapes: tuple[tuple[int, ...], ...], activation: int | None = None) -> tuple[_Step, ...]:
+    """Pairwise steps of ``equation``, with a matrix-product description where one may be used.
+
+    A step gets one when it joins the activation (or a result derived from it) with a factor.
+    """
     if len(shapes) == 1:
         return (_Step((0,), equation, None),)
     _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
@@ -116,7 +127,17 @@ def _plan(equation: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[_Step, ..
         for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=True)
         for c, n in zip(term, shape, strict=True)
     }
-    return tuple(_Step(tuple(step[0]), step[2], _gemm_spec(step[2], sizes)) for step in info.contraction_list)
+    derived = [k == activation for k in range(len(shapes))]  # which operands hold the activation
+    steps = []
+    for step in info.contraction_list:
+        positions, step_equation = tuple(step[0]), step[2]
+        flags = [derived.pop(p) for p in positions]
+        gemm = None
+        if len(flags) == 2 and sum(flags) == 1:
+            gemm = _gemm_spec(step_equation, sizes, act=flags.index(True))
+        derived.append(any(flags))
+        steps.append(_Step(positions, step_equation, gemm))
+    return tuple(steps)
 
 
 def contraction_plan(equation: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[int, ...], str], ...]:
@@ -140,8 +161,13 @@ def _run_gemm(spec: _Gemm, a, b):
     return result.reshape(spec.result_shape).permute(spec.out_perm)
 
 
-def contract(equation: str, *operands, ops: Ops):
-    """Contract ``operands`` according to ``equation`` using the cached plan for their shapes."""
+def contract(equation: str, *operands, ops: Ops, activation: int | None = None):
+    """Contract ``operands`` according to ``equation`` using the cached plan for their shapes.
+
+    ``activation`` is the position of the big operand (the input ``x`` of a factored apply): the
+    steps that join it, or results derived from it, with a factor run as layout-aware matrix
+    products under the ``"gemm"`` executor. Without it every step is an ``einsum``.
+    """
     shapes = tuple(tuple(op.shape) for op in operands)
     name = _current["executor"]
     if name == "einsum" and len(operands) > 1:
@@ -150,7 +176,7 @@ def contract(equation: str, *operands, ops: Ops):
         return _expression(equation, shapes)(*operands, backend=ops.name)
     fast = name == "gemm" and ops.name == "torch"
     stack = list(operands)
-    for step in _plan(equation, shapes):
+    for step in _plan(equation, shapes, activation if fast else None):
         args = [stack.pop(p) for p in step.positions]
         if fast and step.gemm is not None:
             stack.append(_run_gemm(step.gemm, *args))
