@@ -39,9 +39,9 @@ def leading_left_vectors(mat, k: int, ops, *, with_values: bool = False):
     """Orthonormal basis ``(m, k)`` of the leading ``k``-dim left singular subspace of ``mat`` (m × n).
 
     One symmetric eigendecomposition of the *smaller* Gram matrix, solved in float64 with numpy/SciPy
-    whatever the backend (torch's LAPACK ``eigh``/``svd`` measured 4-25× slower than numpy's on this
-    machine), instead of an SVD of ``mat``: this is what makes the Tucker-2 and CP fits of a whole stack
-    fast (``benchmarks/bench_fit.py``). With ``n < m`` the ``n × n`` Gram gives right vectors ``V`` and the
+    whatever the backend (torch's LAPACK ``eigh``/``svd`` were 4-27× slower than numpy's in spot checks
+    on this machine), instead of an SVD of ``mat``: this is what makes the Tucker-2 and CP fits of a
+    whole stack fast (``benchmarks/bench_fit.py``). With ``n < m`` the ``n × n`` Gram gives right vectors ``V`` and the
     basis is the Q of ``mat @ V``, which spans the range of ``mat`` to working precision even where the
     Gram's eigenvectors are less accurate (exactly low-rank input). With ``with_values`` also return the
     ``k`` singular values (an array of the same backend). Singular vectors are defined up to sign.
