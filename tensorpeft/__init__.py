@@ -19,10 +19,12 @@ _NN_NAMES = (
     "LoRTAConfig",
     "LoTRConfig",
     "OrthogonalConfig",
+    "RankPruner",
     "TTLoRAConfig",
     "TensorPeftModel",
     "TensorTrainConfig",
     "Tucker2Config",
+    "compress_low_rank",
     "get_peft_model",
 )
 

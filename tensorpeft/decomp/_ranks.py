@@ -35,6 +35,22 @@ class BudgetError(ValueError):
     """Even the smallest format (scalar rank 1) has more parameters than the budget.
 
     ``smallest`` holds that format, so callers can report its parameter count.
+
+    Parameters
+    ----------
+    message : str
+        The error message.
+    smallest : TensorNetwork
+        The smallest format (scalar rank 1); also the attribute ``smallest``.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> try:
+    ...     decomp.rank_for_budget(decomp.LoRA, 1, stack=(4,), out_features=16, in_features=16)
+    ... except decomp.BudgetError as err:
+    ...     err.smallest.num_params
+    128
     """
 
     def __init__(self, message: str, smallest: TensorNetwork):
@@ -233,6 +249,32 @@ class ComparisonRow:
     The numeric fields are None (and ``note`` says why) when the format cannot fit the budget.
     ``vs_dense`` is dense parameters / ``num_params``; ``vs_lora`` is the parameters LoRA needs for
     ``slice_rank`` on every slice / ``num_params``.
+
+    Attributes
+    ----------
+    name : str
+        The format's class name.
+    alias : str
+        The name the format goes by in its paper.
+    rank : int or tuple of int or None
+        The largest rank that fits the budget.
+    num_params : int or None
+        Parameters of the format at that rank.
+    slice_rank : int or None
+        Rank of each ``d_out × d_in`` slice of the update.
+    vs_dense, vs_lora : float or None
+        Parameter ratios against the dense update and against LoRA (see above).
+    note : str
+        Why the numeric fields are None, or ``""``.
+    format : TensorNetwork or None
+        The format itself (not in the repr, not compared).
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> row = decomp.compare(budget=600, stack=(4,), out_features=16, in_features=16).rows[0]
+    >>> row.name, row.rank, row.num_params, row.vs_dense
+    ('LoRA', 4, 512, 2.0)
     """
 
     name: str
@@ -252,6 +294,24 @@ class Comparison:
 
     ``rows`` holds one :class:`ComparisonRow` per format; ``str(table)`` renders an aligned
     plain-text table and :meth:`to_dicts` plain Python values (for JSON or a DataFrame).
+
+    Attributes
+    ----------
+    budget : int
+        The parameter budget.
+    stack : tuple of int
+        Sizes of the stacked modes.
+    out_features, in_features : int
+        Matrix shape ``d_out × d_in``.
+    rows : tuple of ComparisonRow
+        One row per format.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> table = decomp.compare(budget=600, stack=(4,), out_features=16, in_features=16)
+    >>> table.budget, len(table), table.dense_params
+    (600, 5, 1024)
     """
 
     budget: int

@@ -22,6 +22,18 @@ def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
     dropped (a prime ``n`` gives ``(n,)``). Default ``n_modes``: ``ceil(log(n) / log(12))``, so that
     768 → (12, 8, 8).
 
+    Parameters
+    ----------
+    n : int
+        The positive integer to factor.
+    n_modes : int, optional
+        Number of modes to aim for (fewer when ``n`` has too few prime factors).
+
+    Returns
+    -------
+    tuple of int
+        The modes, descending, whose product is ``n``.
+
     Examples
     --------
     >>> balanced_modes(768)

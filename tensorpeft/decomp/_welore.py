@@ -22,6 +22,20 @@ class Spectrum(NamedTuple):
 
     ``singular_values`` is 1-D (numpy, torch or a sequence), of length ``min(d_out, d_in)``, in any
     order, finite and non-negative; ``shape`` is ``(d_out, d_in)``.
+
+    Attributes
+    ----------
+    singular_values : array-like
+        The singular values.
+    shape : tuple of int
+        ``(d_out, d_in)``.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> s = decomp.Spectrum([3.0, 2.0, 1.0, 0.1], (4, 6))
+    >>> s.shape
+    (4, 6)
     """
 
     singular_values: Any
@@ -30,7 +44,33 @@ class Spectrum(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class WeLoreMatrix:
-    """WeLore's decision for one matrix: keep rank ``rank`` of ``n``, pruning ``pruned``."""
+    """WeLore's decision for one matrix: keep rank ``rank`` of ``n``, pruning ``pruned``.
+
+    Attributes
+    ----------
+    name : str
+        The matrix's name.
+    shape : tuple of int
+        ``(d_out, d_in)``.
+    n : int
+        Number of singular values, ``min(d_out, d_in)``.
+    rank : int
+        Kept rank ``k``.
+    pruned : int
+        Singular values below the threshold, ``n - k``.
+    is_low_rank : bool
+        Whether the matrix is a low-rank component (stored factored).
+    params_before, params_after : int
+        Parameters of the matrix before and after.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> res = decomp.welore_ranks({"a": decomp.Spectrum([3.0, 2.0, 0.01, 0.01], (4, 4))}, reduction=0.25)
+    >>> m = res.matrices["a"]
+    >>> m.rank, m.n, m.pruned, m.is_low_rank, m.params_after
+    (1, 4, 3, True, 8)
+    """
 
     name: str
     shape: tuple[int, int]
@@ -49,7 +89,35 @@ class WeLoreMatrix:
 
 @dataclasses.dataclass(frozen=True)
 class WeLoreResult:
-    """The outcome of :func:`welore_ranks`: the threshold, the reduction and one record per matrix."""
+    """The outcome of :func:`welore_ranks`: the threshold, the reduction and one record per matrix.
+
+    Attributes
+    ----------
+    tau : float
+        The global threshold on normalized singular values.
+    reduction : float
+        The parameter reduction reached.
+    target : float
+        The reduction asked for.
+    max_reduction : float
+        The largest reduction reachable.
+    min_ratio : float
+        The pruned share above which a matrix is a low-rank component.
+    params_before, params_after : int
+        Parameters of all matrices before and after.
+    matrices : Mapping[str, WeLoreMatrix]
+        One record per matrix, by name.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> res = decomp.welore_ranks(
+    ...     {"a": decomp.Spectrum([3.0, 2.0, 0.01, 0.01], (4, 4)), "b": decomp.Spectrum([1.0] * 4, (4, 4))},
+    ...     reduction=0.25,
+    ... )
+    >>> res.ranks, res.low_rank, res.params_before, res.params_after
+    ({'a': 1, 'b': 4}, ('a',), 32, 24)
+    """
 
     tau: float
     reduction: float

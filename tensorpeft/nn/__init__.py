@@ -8,9 +8,10 @@ which format; matched layers are grouped into stacks that share factors; each st
 Files, one concern each: ``_config`` (configs), ``_targets`` (matching), ``_grouping`` (stacks and
 their plans), ``_init`` (zero / SVD initialization), ``_kernels`` (factored forward per format),
 ``_stack``, ``_layer``, ``_model`` (the wrapper), ``_serialization`` (save/load), ``_export``
-(PEFT LoRA export).
+(PEFT LoRA export), ``_pruning`` (LoRA²'s rank pruner), ``_compress`` (WeLore compression).
 """
 
+from ._compress import LowRankLinear, compress_low_rank
 from ._config import (
     AdapterConfig,
     CPConfig,
@@ -28,6 +29,7 @@ from ._export import ExportReport, export_lora
 from ._grouping import StackPlan
 from ._layer import AdapterLinear
 from ._model import TensorPeftModel, get_peft_model
+from ._pruning import RankPruner
 from ._serialization import load_adapter, save_adapter
 from ._stack import AdapterStack
 
@@ -42,12 +44,15 @@ __all__ = [
     "LoRAConfig",
     "LoRTAConfig",
     "LoTRConfig",
+    "LowRankLinear",
     "OrthogonalConfig",
+    "RankPruner",
     "StackPlan",
     "TTLoRAConfig",
     "TensorPeftModel",
     "TensorTrainConfig",
     "Tucker2Config",
+    "compress_low_rank",
     "export_lora",
     "get_peft_model",
     "load_adapter",

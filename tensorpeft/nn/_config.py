@@ -113,6 +113,17 @@ class AdapterConfig:
         the Frobenius norm it has under ``"zero"``. Either way ΔW starts at exactly zero.
     seed : int
         Seed of the initialization; stack ``k`` uses ``seed + k``.
+
+    Examples
+    --------
+    Build a concrete subclass; the base class holds the JSON round-trip:
+
+    >>> import tensorpeft as tp
+    >>> cfg = tp.CPConfig(rank=4, target_modules=["query", "value"])
+    >>> cfg.stack_by, cfg.scaling
+    ('shape', 4.0)
+    >>> tp.AdapterConfig.from_json(cfg.to_json()) == cfg
+    True
     """
 
     format_name: ClassVar[str] = ""
@@ -247,6 +258,13 @@ class Tucker2Config(AdapterConfig):
     ``r_in`` is the width of ``x·B``, the analogue of LoRA's ``r``). ``stack_by`` defaults to ``"name"``:
     all ``query`` layers share ``A`` and ``B``. With ``stack_by="shape"`` q, k and v of one layer also
     share ``B`` and ``x·B`` is computed once for the three.
+
+    Examples
+    --------
+    >>> import tensorpeft as tp
+    >>> cfg = tp.Tucker2Config(rank=(4, 2), alpha=8, target_modules=["query", "value"])
+    >>> cfg.stack_by, cfg.scaling
+    ('name', 4.0)
     """
 
     format_name: ClassVar[str] = "Tucker2"
@@ -281,6 +299,13 @@ class CPConfig(AdapterConfig):
     -----
     Scaling :math:`\alpha / R` (LoRTA uses α = 16, the default here). ``stack_by`` defaults to
     ``"shape"``: every matched layer of one shape in one stack, ``(layers, matrix kinds)`` as LoRTA.
+
+    Examples
+    --------
+    >>> import tensorpeft as tp
+    >>> cfg = tp.CPConfig(rank=4, target_modules=["query", "value"])
+    >>> cfg.stack_by, cfg.scaling
+    ('shape', 4.0)
     """
 
     format_name: ClassVar[str] = "CP"
@@ -328,6 +353,13 @@ class TensorTrainConfig(AdapterConfig):
     -----
     Scaling: plain :math:`\alpha` (TT-LoRA), default 1: the cores are drawn so that each contraction
     step keeps unit scale. ``stack_by`` defaults to ``"module"`` (one train per matrix, as TT-LoRA).
+
+    Examples
+    --------
+    >>> import tensorpeft as tp
+    >>> cfg = tp.TensorTrainConfig(rank=2, target_modules=["query", "value"])
+    >>> cfg.stack_by, cfg.scaling
+    ('module', 1.0)
     """
 
     format_name: ClassVar[str] = "TensorTrain"
@@ -369,6 +401,20 @@ class OrthogonalConfig(AdapterConfig):
     ``rank`` is ``r`` (entries of λ), ``inner`` the plane width ``k`` (default ``r``). Scaling
     :math:`\alpha / r`. ``stack_by`` defaults to ``"module"``. Use
     :meth:`TensorPeftModel.orthogonality_loss` as LoRA²'s regularizer.
+
+    Parameters
+    ----------
+    rank : int
+        ``r``, the number of entries of λ.
+    inner : int, optional
+        The plane width ``k >= rank`` (default ``rank``).
+
+    Examples
+    --------
+    >>> import tensorpeft as tp
+    >>> cfg = tp.OrthogonalConfig(rank=2, inner=4, target_modules=["query", "value"])
+    >>> cfg.stack_by, cfg.scaling, cfg.format_kwargs(16, 16, 1)
+    ('module', 4.0, {'rank': 2, 'inner': 4})
     """
 
     format_name: ClassVar[str] = "OrthogonalProjection"
@@ -426,6 +472,20 @@ class CustomConfig(AdapterConfig):
     Notes
     -----
     Scaling: plain :math:`\alpha` (default 1). ``stack_by`` defaults to ``"name"``.
+
+    Examples
+    --------
+    Any module-level function with that signature works; a format class such as
+    :class:`tensorpeft.decomp.LoRA` does too:
+
+    >>> import tensorpeft as tp
+    >>> from tensorpeft import decomp
+    >>> cfg = tp.CustomConfig(factory=decomp.LoRA, rank=2, target_modules=["query"])
+    >>> cfg.factory
+    'tensorpeft.decomp._lora:LoRA'
+    >>> fmt = cfg.build_format((3,), 16, 8)
+    >>> type(fmt).__name__, fmt.shape, fmt.num_params
+    ('LoRA', (3, 16, 8), 144)
     """
 
     format_name: ClassVar[str] = "Custom"

@@ -40,6 +40,17 @@ class ExportReport:
     errors : dict[str, float]
         ``‖scaling·ΔW − B A‖_F / ‖scaling·ΔW‖_F`` of each module, measured in float64 on the written
         (fp32) factors: round-off for exact exports, the truncation error otherwise.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> with tempfile.TemporaryDirectory() as path:
+    ...     report = tp.nn.export_lora(model, path)
+    >>> report.ranks, report.max_error < 1e-6
+    ({'0': 2, '2': 2}, True)
     """
 
     path: str
@@ -135,6 +146,19 @@ def export_lora(model, path, rank: int | None = None) -> ExportReport:
     The exported LoRA is fp32 with PEFT scaling 1 (the tensorpeft scaling is folded into ``lora_B``).
     ``fan_in_fan_out`` is set when every adapted layer is a transformers ``Conv1D`` (GPT-2); PEFT warns
     and fixes it per layer for a model mixing ``Conv1D`` and ``nn.Linear`` targets.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> with tempfile.TemporaryDirectory() as path:
+    ...     report = tp.nn.export_lora(model, path, rank=1)
+    ...     sorted(os.listdir(path))
+    ['adapter_config.json', 'adapter_model.safetensors']
+    >>> report.ranks
+    {'0': 1, '2': 1}
     """
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"`rank` must be a positive integer or None, got {rank!r}.")

@@ -20,7 +20,32 @@ __all__ = ["StackPlan", "model_heads", "plan_stacks"]
 
 @dataclass(frozen=True)
 class StackPlan:
-    """One stack: ``members`` are ``(module name, index in the stack)`` pairs."""
+    """One stack: ``members`` are ``(module name, index in the stack)`` pairs.
+
+    Attributes
+    ----------
+    name : str
+        The stack's name (its key in ``TensorPeftModel.tensor_adapters``).
+    stack : tuple of int
+        Sizes of the stacked modes.
+    out_features, in_features : int
+        Shape ``out × in`` of every member layer.
+    heads : int or None
+        Number of output heads (CP only), else None.
+    members : tuple of (str, tuple of int)
+        ``(module name, index in the stack)`` of every member layer.
+
+    Examples
+    --------
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> plan = model.plans[0]
+    >>> plan
+    StackPlan(name='stack', stack=(2,), out_features=16, in_features=16, heads=None, members=(('0', (0,)), ('2', (1,))))
+    >>> tp.nn.StackPlan.from_dict(plan.to_dict()) == plan
+    True
+    """
 
     name: str
     stack: tuple[int, ...]

@@ -32,6 +32,21 @@ class AdapterLinear(nn.Module):
     the update is added to the base output and the sum cast back to the base output's dtype.
     ``Conv1D`` stores its weight ``(in, out)``; the stack always works with ``ΔW (out, in)``, and
     :meth:`merge` adds ``ΔWᵀ`` to such a weight.
+
+    Examples
+    --------
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> layer = model.base_model[0]
+    >>> layer
+    AdapterLinear(
+      index=(0,), merged=False, disabled=False
+      (base_layer): Linear(in_features=16, out_features=16, bias=True)
+      (adapter_dropout): Identity()
+    )
+    >>> layer(torch.randn(3, 16)).shape
+    torch.Size([3, 16])
     """
 
     def __init__(self, base_layer: nn.Module, stack: nn.Module, index: tuple[int, ...], dropout: float = 0.0):
@@ -89,4 +104,5 @@ class AdapterLinear(nn.Module):
         w.copy_((w.to(wide) + sign * delta.to(device=w.device, dtype=wide)).to(w.dtype))
 
     def extra_repr(self) -> str:
+        """The slice index and the merged/disabled state, shown in the module's repr."""
         return f"index={self.index}, merged={self.merged}, disabled={self.disabled}"

@@ -62,6 +62,18 @@ class TensorPeftModel(nn.Module):
     Hooks for extensions: ``model.tensor_adapters[name].factors()`` gives the live parameters in the
     format's layout (``lambda`` of LoRA² for a rank pruner), ``model.tensor_adapters[name].format``
     the format, and :meth:`adapter_layers` every wrapped layer with its stack and index.
+
+    Examples
+    --------
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.nn.TensorPeftModel(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> [(name, layer.index) for name, layer in model.adapter_layers()]
+    [('0', (0,)), ('2', (1,))]
+    >>> model(torch.randn(3, 16)).shape
+    torch.Size([3, 16])
+    >>> type(model.merge_and_unload()[0]).__name__
+    'Linear'
     """
 
     def __init__(self, base_model: nn.Module, config: AdapterConfig, *, factors=None, trainable: bool = True):

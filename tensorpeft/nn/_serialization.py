@@ -68,7 +68,27 @@ def adapter_tensors(model) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model, path) -> None:
-    """Save ``model``'s adapter into directory ``path`` (see the module docstring)."""
+    """Save ``model``'s adapter into directory ``path`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : TensorPeftModel
+        The model whose adapter factors, config and stack plans are saved.
+    path : str or PathLike
+        Directory for ``adapter_config.json`` and ``adapter_model.safetensors`` (created if needed,
+        written atomically).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> with tempfile.TemporaryDirectory() as path:
+    ...     tp.nn.save_adapter(model, path)
+    ...     sorted(os.listdir(path))
+    ['adapter_config.json', 'adapter_model.safetensors']
+    """
     from .. import __version__
 
     tensors = adapter_tensors(model)
@@ -134,7 +154,37 @@ def _compare_plans(saved: list[dict], planned, file: Path, model_name: str) -> N
 
 
 def load_adapter(cls, base_model, path, is_trainable: bool = False):
-    """Validate everything, then wrap ``base_model`` with the saved factors (see the module docstring)."""
+    """Validate everything, then wrap ``base_model`` with the saved factors (see the module docstring).
+
+    Parameters
+    ----------
+    cls : type
+        The model class to build, :class:`TensorPeftModel` or a subclass.
+    base_model : nn.Module
+        A model of the same architecture as the one saved; modified in place.
+    path : str or PathLike
+        Directory written by :func:`save_adapter`.
+    is_trainable : bool
+        Whether the loaded factors require gradients; if not, the model is put in eval mode.
+
+    Returns
+    -------
+    TensorPeftModel
+        ``cls(base_model, config, factors=...)`` with the saved config and factors.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> fresh = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> with tempfile.TemporaryDirectory() as path:
+    ...     tp.nn.save_adapter(model, path)
+    ...     loaded = tp.nn.load_adapter(tp.nn.TensorPeftModel, fresh, path)
+    >>> loaded.training, loaded.get_nb_trainable_parameters()
+    (False, (0, 616))
+    """
     path = Path(path)
     meta = _read_meta(path)
     config = AdapterConfig.from_dict(meta["config"])

@@ -35,6 +35,14 @@ class AdapterStack(nn.Module):
     projection of a format (``x·B`` for Tucker-2, ``x·in`` for CP) is computed once per input tensor
     and reused by the other slices that read the very same tensor (q, k and v of one layer); the cache
     is keyed by the tensor's identity and version counters and emptied when sharing ends.
+
+    Examples
+    --------
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    >>> model.tensor_adapters["stack"]
+    AdapterStack(Tucker2, shape=(2, 16, 16), params=72, scaling=4)
     """
 
     def __init__(self, fmt, scaling: float, factors: dict):
@@ -99,5 +107,6 @@ class AdapterStack(nn.Module):
         return self._kernel.finish(self.format, f, u, index, self.scaling).T
 
     def extra_repr(self) -> str:
+        """The format's class, shape, parameter count and the scaling, shown in the module's repr."""
         fmt = self.format
         return f"{type(fmt).__name__}, shape={fmt.shape}, params={fmt.num_params}, scaling={self.scaling:g}"

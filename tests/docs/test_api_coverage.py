@@ -39,29 +39,7 @@ PACKAGE = "tensorpeft"
 PLANNED = ("tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing")
 
 # name -> what its docstring lacks today (the debt when this test was written); delete entries as they are fixed.
-KNOWN_GAPS: dict[str, set[str]] = {
-    "tensorpeft.decomp.BudgetError": {"Parameters"},
-    "tensorpeft.decomp.Comparison": {"Examples", "Parameters"},
-    "tensorpeft.decomp.ComparisonRow": {"Examples", "Parameters"},
-    "tensorpeft.decomp.Spectrum": {"Examples", "Parameters"},
-    "tensorpeft.decomp.WeLoreMatrix": {"Examples", "Parameters"},
-    "tensorpeft.decomp.WeLoreResult": {"Examples", "Parameters"},
-    "tensorpeft.decomp.balanced_modes": {"Parameters", "Returns"},
-    "tensorpeft.nn.AdapterConfig": {"Examples"},
-    "tensorpeft.nn.AdapterLinear": {"Examples", "docstring of `extra_repr`"},
-    "tensorpeft.nn.AdapterStack": {"Examples", "docstring of `extra_repr`"},
-    "tensorpeft.nn.CPConfig": {"Examples"},
-    "tensorpeft.nn.CustomConfig": {"Examples"},
-    "tensorpeft.nn.ExportReport": {"Examples"},
-    "tensorpeft.nn.OrthogonalConfig": {"Examples", "parameter `inner`"},
-    "tensorpeft.nn.StackPlan": {"Examples", "Parameters"},
-    "tensorpeft.nn.TensorPeftModel": {"Examples"},
-    "tensorpeft.nn.TensorTrainConfig": {"Examples"},
-    "tensorpeft.nn.Tucker2Config": {"Examples"},
-    "tensorpeft.nn.export_lora": {"Examples"},
-    "tensorpeft.nn.load_adapter": {"Examples", "Parameters", "Returns"},
-    "tensorpeft.nn.save_adapter": {"Examples", "Parameters"},
-}
+KNOWN_GAPS: dict[str, set[str]] = {}
 
 
 # ---------------------------------------------------------------------------------------- discovery

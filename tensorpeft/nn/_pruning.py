@@ -1,0 +1,471 @@
+"""LoRA²'s rank pruner: importance scores on λ and the inner planes, a cubic budget, masked λ."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from fractions import Fraction
+
+import torch
+
+from .. import decomp
+
+__all__ = ["RankPruner"]
+
+_SCORED = ("lambda", "U2", "V2")
+
+
+def _int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _beta(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number in [0, 1), got {value!r} ({type(value).__name__}).")
+    if not 0.0 <= float(value) < 1.0:  # also rejects NaN
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def _peft_model(model):
+    """The :class:`TensorPeftModel` inside ``model`` (DDP/FSDP-style wrappers expose it as ``.module``)."""
+    from ._model import TensorPeftModel
+
+    seen = model
+    for _ in range(8):
+        if isinstance(seen, TensorPeftModel):
+            return seen
+        seen = getattr(seen, "module", None)
+    raise TypeError(
+        f"`model` must be a TensorPeftModel (or a DistributedDataParallel wrapping one), got {type(model).__name__}."
+    )
+
+
+class RankPruner:
+    r"""LoRA²'s importance-based rank pruning of every LoRA² (``OrthogonalConfig``) adapter of a model.
+
+    Each LoRA² slice is :math:`\Delta W = U_1 U_2 \operatorname{diag}(\lambda) V_2 V_1`; its rank is the
+    number of non-zero :math:`\lambda_i`. The pruner scores every *triplet*
+    :math:`(\lambda_i, U_2[:, i], V_2[i, :])` of every slice of every LoRA² stack, and on a cubic
+    schedule sets the :math:`\lambda_i` of the lowest-scored triplets to zero, across the whole model
+    (one global cut: important layers keep more rank), until the total rank reaches the target.
+
+    Parameters
+    ----------
+    model : TensorPeftModel
+        A model with at least one LoRA² stack (``tp.LoRA2Config`` / ``OrthogonalConfig``), or a
+        ``DistributedDataParallel`` wrapping one (its ``.module``). Other stacks are left alone.
+    target_rank : int
+        Average rank per adapted matrix at the end: the target budget is
+        ``b_T = target_rank · num_matrices`` non-zero λ entries in total (AdaLoRA's ``target_r``).
+    total_steps : int
+        ``T``, the number of optimizer steps of the run.
+    warmup_steps : int
+        ``t_i``: no pruning while ``step <= t_i`` (importance is accumulated from step 0).
+    final_steps : int
+        ``t_f >= 1``: the last ``t_f`` steps, ``T − t_f .. T − 1``, train at the target budget with the
+        final mask fixed (with steps counted from 0, ``t_f = 0`` would never reach the target).
+        ``warmup_steps + final_steps < total_steps``.
+    interval : int
+        ``ΔT``: between ``t_i`` and ``T − t_f`` the mask is updated at steps divisible by ``interval``.
+    initial_rank : int, optional
+        Average rank per matrix at the start, ``b_0 = initial_rank · num_matrices``; default the
+        adapters' ``rank`` (every λ entry). At most the smallest ``rank`` of the LoRA² stacks and at
+        least ``target_rank``; when below the adapters' rank, the first cut after warm-up also removes
+        the entries beyond ``b_0``.
+    beta1, beta2 : float
+        Smoothing of the sensitivity and of its uncertainty, in ``[0, 1)`` (LoRA²: 0.85, 0.85).
+
+    Attributes
+    ----------
+    model : TensorPeftModel
+    num_matrices : int
+        Number of adapted matrices (LoRA² slices) in the model.
+    initial_budget, target_budget : int
+        ``b_0`` and ``b_T``, total non-zero λ entries.
+    masks : dict[str, torch.Tensor]
+        Per LoRA² stack name, a bool tensor of λ's shape: True where λ is kept.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a TensorPeftModel, or an argument has the wrong type.
+    ValueError
+        If ``model`` has no LoRA² stack, or the schedule is inconsistent (the message names the argument).
+
+    Notes
+    -----
+    Importance (:meth:`update_and_allocate`, every step up to ``T − t_f``), elementwise on λ, ``U2``
+    and ``V2`` only — LoRA²'s saving over AdaLoRA, which also scores the outer factors:
+
+    .. math::
+
+        I = |w \cdot \partial L / \partial w|, \quad
+        \bar I \leftarrow \beta_1 \bar I + (1 - \beta_1) I, \quad
+        \bar U \leftarrow \beta_2 \bar U + (1 - \beta_2) |I - \bar I|, \quad
+        s = \bar I \cdot \bar U,
+
+    (:math:`\bar U` uses the freshly updated :math:`\bar I`, as AdaLoRA and LoRA²'s code), and per
+    triplet :math:`S_i = s(\lambda_i) + \operatorname{mean}_j s(U_2[j, i]) + \operatorname{mean}_j s(V_2[i, j])`.
+
+    Budget (:meth:`budget`), total non-zero λ entries at step ``t``:
+
+    .. math::
+
+        b(t) = \begin{cases}
+        b_0 & t \le t_i \\
+        b_T + \left\lfloor (b_0 - b_T) \left(1 - \frac{t - t_i}{T - t_i - t_f}\right)^3 \right\rfloor
+            & t_i < t < T - t_f \\
+        b_T & t \ge T - t_f
+        \end{cases}
+
+    computed in exact rational arithmetic, so ``b(T − t_f) = b_T`` exactly. The mask is updated at
+    steps divisible by ``interval`` in the middle phase and at the first call with ``t >= T − t_f``: the
+    ``b(t)`` highest-scored triplets *among those still kept* stay (ties broken by position), so
+    the total rank never grows, and equals ``b_T`` from ``T − t_f`` on. Unlike AdaLoRA, a pruned λ is
+    never revived: with :math:`\lambda_i = 0` the gradients of ``U2[:, i]`` and ``V2[i, :]`` vanish
+    (except for the orthogonality penalty's), so its score would only reflect that penalty.
+
+    Every call of :meth:`update_and_allocate` also sets the pruned λ entries (and their gradients) to
+    zero: called after ``optimizer.step()``, as below, they are exactly zero in every forward pass.
+    Under DistributedDataParallel the gradients are already averaged when it runs, so every process
+    computes the same scores and the same masks.
+
+    References
+    ----------
+    Zhang et al., "LoRA²: Multi-Scale Low-Rank Approximations for Fine-Tuning Large Language Models",
+    arXiv:2408.06854. Zhang et al., "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient
+    Fine-Tuning", ICLR 2023 (the schedule and the smoothed importance).
+
+    Examples
+    --------
+    Two LoRA² layers of rank 8 pruned to an average rank 2 over 10 steps:
+
+    >>> import torch, tensorpeft as tp
+    >>> _ = torch.manual_seed(0)
+    >>> base = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+    >>> model = tp.get_peft_model(base, tp.LoRA2Config(rank=8, target_modules=["0", "2"]))
+    >>> pruner = tp.RankPruner(model, target_rank=2, total_steps=10, warmup_steps=2, final_steps=3, interval=1)
+    >>> [pruner.budget(t) for t in range(10)]
+    [16, 16, 16, 10, 6, 4, 4, 4, 4, 4]
+    >>> opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    >>> x = torch.randn(32, 8)
+    >>> for step in range(10):
+    ...     loss = (model(x) - x).pow(2).mean() + 0.1 * model.orthogonality_loss()
+    ...     loss.backward()
+    ...     opt.step()
+    ...     rank = pruner.update_and_allocate(step)
+    ...     opt.zero_grad()
+    >>> rank, sum(pruner.rank_pattern().values())
+    (4, 4)
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        target_rank: int,
+        total_steps: int,
+        warmup_steps: int,
+        final_steps: int,
+        interval: int,
+        initial_rank: int | None = None,
+        beta1: float = 0.85,
+        beta2: float = 0.85,
+    ):
+        peft = _peft_model(model)
+        stacks = {
+            name: stack
+            for name, stack in peft.tensor_adapters.items()
+            if isinstance(stack.format, decomp.OrthogonalProjection)
+        }
+        if not stacks:
+            raise ValueError(
+                "`model` has no LoRA² (OrthogonalProjection) adapter to prune; build it with tp.LoRA2Config, "
+                f"got stacks of {sorted({type(s.format).__name__ for s in peft.tensor_adapters.values()})}."
+            )
+        self.total_steps = _int(total_steps, "total_steps", 1)
+        self.warmup_steps = _int(warmup_steps, "warmup_steps", 0)
+        self.final_steps = _int(final_steps, "final_steps", 1)
+        self.interval = _int(interval, "interval", 1)
+        if self.warmup_steps + self.final_steps >= self.total_steps:
+            raise ValueError(
+                f"`warmup_steps` + `final_steps` = {self.warmup_steps} + {self.final_steps} must be less than "
+                f"`total_steps`={self.total_steps}: the budget needs at least one step to decrease."
+            )
+        max_rank = min(s.format.rank for s in stacks.values())
+        initial = max_rank if initial_rank is None else _int(initial_rank, "initial_rank", 1)
+        if initial > max_rank:
+            raise ValueError(
+                f"`initial_rank`={initial} exceeds the rank of the LoRA² adapters ({max_rank}); "
+                f"it must be <= {max_rank}."
+            )
+        target = _int(target_rank, "target_rank", 1)
+        if target > initial:
+            raise ValueError(f"`target_rank`={target} exceeds `initial_rank`={initial}; it must be <= {initial}.")
+        self.beta1 = _beta(beta1, "beta1")
+        self.beta2 = _beta(beta2, "beta2")
+
+        self.model = peft
+        self._stacks = stacks
+        self.num_matrices = sum(s.format.num_slices for s in stacks.values())
+        self.initial_rank, self.target_rank = initial, target
+        self.initial_budget = initial * self.num_matrices
+        self.target_budget = target * self.num_matrices
+        self.masks = {name: torch.ones_like(getattr(s, "lambda"), dtype=torch.bool) for name, s in stacks.items()}
+        self._avg_ipt: dict[str, dict[str, torch.Tensor]] = {}
+        self._avg_unc: dict[str, dict[str, torch.Tensor]] = {}
+        self._final_done = False
+
+    # ------------------------------------------------------------------ schedule
+    def budget(self, step: int) -> int:
+        """The total number of non-zero λ entries the schedule allows at ``step`` (see the Notes).
+
+        Parameters
+        ----------
+        step : int
+            The optimizer step, ``>= 0``.
+
+        Returns
+        -------
+        int
+            ``b(step)``, between ``target_budget`` and ``initial_budget``.
+
+        Examples
+        --------
+        See :class:`RankPruner`.
+        """
+        t = _int(step, "step", 0)
+        t_i, t_f, total = self.warmup_steps, self.final_steps, self.total_steps
+        if t <= t_i:
+            return self.initial_budget
+        if t >= total - t_f:
+            return self.target_budget
+        remaining = 1 - Fraction(t - t_i, total - t_i - t_f)
+        return self.target_budget + math.floor((self.initial_budget - self.target_budget) * remaining**3)
+
+    def _masks_now(self, step: int) -> bool:
+        if step >= self.total_steps - self.final_steps:
+            return not self._final_done
+        return step > self.warmup_steps and step % self.interval == 0
+
+    # ------------------------------------------------------------------ importance
+    @torch.no_grad()
+    def _update_importance(self) -> None:
+        params = {name: stack.factors() for name, stack in self._stacks.items()}
+        if all(params[n][f].grad is None for n in params for f in _SCORED):
+            raise RuntimeError(
+                "RankPruner.update_and_allocate found no gradient on any λ, U2 or V2: call it after "
+                "loss.backward() and before optimizer.zero_grad()."
+            )
+        b1, b2 = self.beta1, self.beta2
+        for name, factors in params.items():
+            ipt_avg = self._avg_ipt.setdefault(name, {})
+            unc_avg = self._avg_unc.setdefault(name, {})
+            for f in _SCORED:
+                p = factors[f]
+                ipt = (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
+                if f not in ipt_avg:
+                    ipt_avg[f], unc_avg[f] = torch.zeros_like(p), torch.zeros_like(p)
+                ipt_avg[f].mul_(b1).add_(ipt, alpha=1 - b1)
+                unc_avg[f].mul_(b2).add_((ipt - ipt_avg[f]).abs(), alpha=1 - b2)
+
+    @torch.no_grad()
+    def scores(self) -> dict[str, torch.Tensor]:
+        r"""Triplet scores :math:`S_i` per LoRA² stack, each of λ's shape ``(*stack, rank)``.
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            Stack name → scores (zeros before the first :meth:`update_and_allocate`).
+
+        Examples
+        --------
+        See :class:`RankPruner`.
+        """
+        out = {}
+        for name, stack in self._stacks.items():
+            if name not in self._avg_ipt:
+                out[name] = torch.zeros_like(getattr(stack, "lambda")).detach()
+                continue
+            s = {f: self._avg_ipt[name][f] * self._avg_unc[name][f] for f in _SCORED}
+            out[name] = s["lambda"] + s["U2"].mean(dim=-2) + s["V2"].mean(dim=-1)
+        return out
+
+    # ------------------------------------------------------------------ masking
+    @torch.no_grad()
+    def _mask_to(self, budget: int) -> None:
+        names = list(self._stacks)
+        scores = self.scores()
+        flat_scores = torch.cat([scores[n].reshape(-1).float().cpu() for n in names])
+        flat_mask = torch.cat([self.masks[n].reshape(-1).cpu() for n in names])
+        if int(flat_mask.sum()) <= budget:
+            return
+        ranked = torch.where(flat_mask, flat_scores, torch.full_like(flat_scores, -math.inf))
+        order = torch.sort(ranked, descending=True, stable=True).indices
+        keep = torch.zeros_like(flat_mask)
+        keep[order[:budget]] = True
+        start = 0
+        for n in names:
+            size = self.masks[n].numel()
+            self.masks[n] = keep[start : start + size].reshape(self.masks[n].shape).to(self.masks[n].device)
+            start += size
+
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Set the pruned λ entries, and their gradients if present, to zero.
+
+        :meth:`update_and_allocate` calls it every step; call it yourself after loading a checkpoint
+        or after any update that bypasses :meth:`update_and_allocate`.
+
+        Examples
+        --------
+        See :class:`RankPruner`.
+        """
+        for name, stack in self._stacks.items():
+            lam = getattr(stack, "lambda")
+            pruned = ~self.masks[name]
+            lam.masked_fill_(pruned, 0.0)
+            if lam.grad is not None:
+                lam.grad.masked_fill_(pruned, 0.0)
+
+    def update_and_allocate(self, step: int) -> int:
+        """Update the importance scores, prune on schedule, and zero the pruned λ.
+
+        Call once per optimizer step, after ``optimizer.step()`` and before ``optimizer.zero_grad()``
+        (the gradients must still be there), as AdaLoRA's ``update_and_allocate``::
+
+            loss.backward()
+            optimizer.step()
+            pruner.update_and_allocate(step)
+            optimizer.zero_grad()
+
+        Parameters
+        ----------
+        step : int
+            The index of the optimizer step just taken, ``0 .. total_steps - 1``; later steps keep
+            the final mask.
+
+        Returns
+        -------
+        int
+            The total number of kept λ entries after this call (the model's total LoRA² rank).
+
+        Raises
+        ------
+        RuntimeError
+            If no λ, ``U2`` or ``V2`` has a gradient (called before ``backward`` or after ``zero_grad``)
+            while scores are still being updated.
+
+        Examples
+        --------
+        See :class:`RankPruner`.
+        """
+        t = _int(step, "step", 0)
+        final = t >= self.total_steps - self.final_steps
+        if not (final and self._final_done):
+            self._update_importance()
+        if self._masks_now(t):
+            self._mask_to(self.budget(t))
+            self._final_done = self._final_done or final
+        self.apply_mask()
+        return self.total_rank
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def total_rank(self) -> int:
+        """Number of kept λ entries over all LoRA² slices (the sum of :meth:`rank_pattern`)."""
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    def rank_pattern(self) -> dict[str, int]:
+        """Kept rank of every adapted layer, by module name (the base model's names).
+
+        Returns
+        -------
+        dict[str, int]
+            Module name → number of kept λ entries of its slice.
+
+        Examples
+        --------
+        See :class:`RankPruner`.
+        """
+        out = {}
+        for plan in self.model.plans:
+            if plan.name in self._stacks:
+                for module, index in plan.members:
+                    out[module] = int(self.masks[plan.name][index].sum())
+        return out
+
+    def state_dict(self) -> dict:
+        """The masks and smoothed importances, to resume a run (``torch.save`` it with the optimizer).
+
+        Returns
+        -------
+        dict
+            ``{"masks", "avg_ipt", "avg_unc", "final_done"}`` (tensors cloned).
+
+        Examples
+        --------
+        >>> import torch, tensorpeft as tp
+        >>> base = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> model = tp.get_peft_model(base, tp.LoRA2Config(rank=2, target_modules=["0"]))
+        >>> pruner = tp.RankPruner(model, target_rank=1, total_steps=4, warmup_steps=0, final_steps=1, interval=1)
+        >>> sorted(pruner.state_dict())
+        ['avg_ipt', 'avg_unc', 'final_done', 'masks']
+        """
+
+        def clone(d):
+            return {k: {f: t.clone() for f, t in v.items()} for k, v in d.items()}
+
+        return {
+            "masks": {k: m.clone() for k, m in self.masks.items()},
+            "avg_ipt": clone(self._avg_ipt),
+            "avg_unc": clone(self._avg_unc),
+            "final_done": self._final_done,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (checked against this model's LoRA² stacks), then :meth:`apply_mask`.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of a pruner of the same model.
+
+        Raises
+        ------
+        ValueError
+            If the stacks or shapes differ; nothing is changed then.
+
+        Examples
+        --------
+        >>> import torch, tensorpeft as tp
+        >>> base = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> model = tp.get_peft_model(base, tp.LoRA2Config(rank=2, target_modules=["0"]))
+        >>> pruner = tp.RankPruner(model, target_rank=1, total_steps=4, warmup_steps=0, final_steps=1, interval=1)
+        >>> pruner.load_state_dict(pruner.state_dict())
+        """
+        if not isinstance(state, dict) or set(state) != {"masks", "avg_ipt", "avg_unc", "final_done"}:
+            raise ValueError("`state` must be a dict from RankPruner.state_dict().")
+        masks = state["masks"]
+        if set(masks) != set(self.masks) or any(masks[k].shape != self.masks[k].shape for k in masks):
+            raise ValueError(
+                f"`state` is for LoRA² stacks {sorted(masks)} with other shapes; this pruner has "
+                f"{ {k: tuple(m.shape) for k, m in self.masks.items()} }."
+            )
+        for d in (state["avg_ipt"], state["avg_unc"]):
+            for k, v in d.items():
+                if k not in self._stacks:
+                    raise ValueError(f"`state` has importances of unknown stack {k!r}.")
+                shapes = self._stacks[k].format.factor_shapes
+                if set(v) != set(_SCORED) or any(tuple(v[f].shape) != tuple(shapes[f]) for f in _SCORED):
+                    raise ValueError(f"`state` importances of stack {k!r} do not match its factors λ, U2, V2.")
+        self.masks = {k: m.clone().to(torch.bool).to(self.masks[k].device) for k, m in masks.items()}
+        self._avg_ipt = {k: {f: t.clone() for f, t in v.items()} for k, v in state["avg_ipt"].items()}
+        self._avg_unc = {k: {f: t.clone() for f, t in v.items()} for k, v in state["avg_unc"].items()}
+        self._final_done = bool(state["final_done"])
+        self.apply_mask()
