@@ -15,6 +15,22 @@ from ._validate import check_modes, check_positive_int
 __all__ = ["TensorTrain", "balanced_modes"]
 
 
+def prime_factors(n: int) -> list[int]:
+    """The prime factors of ``n >= 1`` in increasing order, with multiplicity (``[]`` for 1).
+
+    Trial division: the sizes factorized here are feature dimensions (at most ~10⁶).
+    """
+    primes, m, p = [], n, 2
+    while p * p <= m:
+        while m % p == 0:
+            primes.append(p)
+            m //= p
+        p += 1
+    if m > 1:
+        primes.append(m)
+    return primes
+
+
 def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
     """Factor ``n`` into about ``n_modes`` near-equal integer modes (descending).
 
@@ -45,16 +61,8 @@ def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
     if n_modes is None:
         n_modes = max(1, math.ceil(math.log(n) / math.log(12))) if n > 1 else 1
     n_modes = check_positive_int(n_modes, "n_modes")
-    primes, m, p = [], n, 2
-    while p * p <= m:
-        while m % p == 0:
-            primes.append(p)
-            m //= p
-        p += 1
-    if m > 1:
-        primes.append(m)
     modes = [1] * n_modes
-    for q in sorted(primes, reverse=True):
+    for q in sorted(prime_factors(n), reverse=True):
         modes[modes.index(min(modes))] *= q
     return tuple(sorted((x for x in modes if x > 1), reverse=True)) or (1,)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import decomp
+from ..decomp._validate import check_positive_int
 
 __all__ = [
     "AdapterConfig",
@@ -38,14 +39,6 @@ INITS = ("zero", "svd")
 ALL_LINEAR = "all-linear"
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be a positive integer, got {value!r} ({type(value).__name__}).")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 def _int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise TypeError(f"`{name}` must be a sequence of positive integers, got {value!r}.")
@@ -53,7 +46,7 @@ def _int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
         raise ValueError(f"`{name}` must have {length} entries, got {len(value)}: {tuple(value)!r}.")
     if len(value) == 0:
         raise ValueError(f"`{name}` must not be empty.")
-    return tuple(_positive_int(v, f"{name}[{k}]") for k, v in enumerate(value))
+    return tuple(check_positive_int(v, f"{name}[{k}]") for k, v in enumerate(value))
 
 
 def _module_selector(value, name: str, allow_all_linear: bool):
@@ -161,7 +154,7 @@ class AdapterConfig:
 
     # ------------------------------------------------------------------ per format
     def _check_format_fields(self) -> None:
-        self.rank = _positive_int(self.rank, "rank")
+        self.rank = check_positive_int(self.rank, "rank")
 
     @property
     def scaling(self) -> float:
@@ -272,7 +265,7 @@ class Tucker2Config(AdapterConfig):
 
     def _check_format_fields(self) -> None:
         if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
-            self.rank = _positive_int(self.rank, "rank")
+            self.rank = check_positive_int(self.rank, "rank")
         else:
             self.rank = _int_tuple(self.rank, "rank", length=2)
 
@@ -316,7 +309,7 @@ class CPConfig(AdapterConfig):
     def _check_format_fields(self) -> None:
         super()._check_format_fields()
         if self.heads is not None and self.heads != "auto":
-            self.heads = _positive_int(self.heads, "heads")
+            self.heads = check_positive_int(self.heads, "heads")
 
     def resolve_heads(self, out_features, model_heads):
         """See the class docstring."""
@@ -370,7 +363,7 @@ class TensorTrainConfig(AdapterConfig):
 
     def _check_format_fields(self) -> None:
         if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
-            self.rank = _positive_int(self.rank, "rank")
+            self.rank = check_positive_int(self.rank, "rank")
         else:
             self.rank = _int_tuple(self.rank, "rank")
         for name in ("in_modes", "out_modes"):
@@ -423,7 +416,7 @@ class OrthogonalConfig(AdapterConfig):
     def _check_format_fields(self) -> None:
         super()._check_format_fields()
         if self.inner is not None:
-            self.inner = _positive_int(self.inner, "inner")
+            self.inner = check_positive_int(self.inner, "inner")
             if self.inner < self.rank:
                 raise ValueError(f"`inner`={self.inner} must be >= `rank`={self.rank}.")
 

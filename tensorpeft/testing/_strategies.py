@@ -12,6 +12,7 @@ import math
 from hypothesis import strategies as st
 
 from ..decomp import CP, LoRA, OrthogonalProjection, TensorNetwork, TensorTrain, Tucker2, balanced_modes
+from ..decomp._tt import prime_factors
 from ..decomp._validate import check_positive_int
 
 __all__ = [
@@ -165,14 +166,7 @@ def cp_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 
 
 def _factorizations(n: int):
     """Strategy for ordered factorizations of ``n`` into modes (a mode of size 1 now and then)."""
-    primes, m, p = [], n, 2
-    while p * p <= m:
-        while m % p == 0:
-            primes.append(p)
-            m //= p
-        p += 1
-    if m > 1:
-        primes.append(m)
+    primes = prime_factors(n)
 
     @st.composite
     def build(draw):
