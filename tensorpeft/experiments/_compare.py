@@ -108,6 +108,23 @@ def _encode(tokenizer, texts, max_length):
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker when the parent process is gone.
+
+    A worker of a ``multiprocessing`` pool outlives a parent killed by a signal (Ctrl-C twice, a CI
+    timeout): it would train on, unseen, for minutes. A daemon thread polls the parent id once a
+    second and exits the process when it changes (the worker was re-parented).
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker(payload: dict) -> dict:
     """Run one (method, seed) in a fresh process; returns a JSON-safe dict."""
     import torch
@@ -186,7 +203,7 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
         for seed in settings.seeds:
             lr = settings.lr if settings.lr is not None else DEFAULT_LR.get(spec.family, settings.train.lr)
             train = dataclasses.replace(settings.train, seed=seed, lr=lr)
-            with ctx.Pool(1) as pool:
+            with ctx.Pool(1, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
                 runs.append(pool.apply(_worker, ({**common, "spec": spec, "train": train},)))
         first = runs[0]
         name = "head only (frozen encoder)" if spec.family == "head" else FAMILIES[spec.family][1]
@@ -235,6 +252,7 @@ def _plot(rows: list[MethodRow], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     head = [r for r in rows if r.adapter_params == 0]
@@ -249,8 +267,16 @@ def _plot(rows: list[MethodRow], path: Path) -> None:
         xs = [r.adapter_params for r in items]
         ys = [100 * r.accuracy_mean for r in items]
         errs = [100 * r.accuracy_std for r in items]
-        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+        line = ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", capsize=3, label=name)
+        for r, x, y in zip(items, xs, ys, strict=True):
+            ax.annotate(
+                r.ranks, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=line[0].get_color()
+            )
     ax.set_xscale("log")
+    # ticks at 1, 2, 5 × 10^k in plain thousands, none on the minor ones (matplotlib's 2x10^3 labels overlap)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("trainable adapter parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
