@@ -33,13 +33,15 @@ Reported: the relative error ``‖ΔW - ΔW*‖_F / ‖ΔW*‖_F`` (for Gaussian
 output MSE), and for each teacher × student the smallest trainable-parameter count in the sweep that
 reaches each target (``-`` = not reached at any budget of the sweep).
 
-    python benchmarks/recovery.py            # full run (S = 12, d = 64), about 4 minutes on 2 busy cores
-    python benchmarks/recovery.py --quick    # smoke run (S = 4, d = 16), seconds
+    python benchmarks/recovery.py            # full run (S = 12, d = 64, 22 budgets): ~3 min on 2 cores
+    python benchmarks/recovery.py --per-octave 1   # powers of 2 only (8 budgets): ~1.5 min
+    python benchmarks/recovery.py --quick    # smoke run (S = 4, d = 16, 5 budgets): ~15 s
     python benchmarks/recovery.py --inputs gaussian --batch 256   # fresh Gaussian batches instead
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -89,6 +91,22 @@ PLATEAU, WINDOW, CHECK, DROPS = 1e-3, 100, 50, 2
 #: every shared teacher here (its columns past an unfolding's rank come out ~0 and ALS never grows
 #: them: rel. error 0.62 on the Tucker-2 teacher at every rank 7-58, vs 0.0000 from a random start).
 FIT_OPTIONS = {"Tucker2": {"n_iter_max": 100}, "CP": {"n_iter_max": 100, "init": "random"}, "TT": {"n_iter_max": 0}}
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Limit numpy's BLAS/LAPACK to ``n`` threads (through threadpoolctl, when installed).
+
+    The fits are many small float64 factorizations: on two busy cores OpenBLAS's default two threads
+    made them ~25× slower (all fits of the full sweep: 230 s against 9.5 s on one thread, measured).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed is at stake
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
 
 
 def budget_grid(start: int, stop: int, per_octave: int) -> list[int]:
@@ -225,15 +243,17 @@ def run(settings: dict, *, progress: bool = True) -> dict:
                         for lr in lrs
                     ]
                     best = min(trials, key=lambda r: r["error"])
+                    fitted = fit(s_name, fmt, dense)
                     done[fmt] = {
                         "rank": fmt.rank,
                         "num_params": fmt.num_params,
                         "trained": best["error"],
-                        "fit": fit(s_name, fmt, dense)["error"],
+                        "fit": fitted["error"],
                         "lr": best["lr"],
                         "steps": best["steps"],
                         "lr_drops": best["lr_drops"],
                         "train_seconds": sum(r["seconds"] for r in trials),
+                        "fit_seconds": fitted["seconds"],
                     }
                 runs.append({"budget": budget} | done[fmt])
             cells[t_name][s_name] = {
@@ -245,7 +265,11 @@ def run(settings: dict, *, progress: bool = True) -> dict:
             }
             if progress:
                 secs = sum(r["train_seconds"] for r in done.values())
-                print(f"  {t_name} teacher, {s_name}: {len(done)} runs, {secs:.1f} s", flush=True)
+                fit_secs = sum(r["fit_seconds"] for r in done.values())
+                print(
+                    f"  {t_name} teacher, {s_name}: {len(done)} runs, train {secs:.1f} s, fit {fit_secs:.1f} s",
+                    flush=True,
+                )
     return {"teachers": teachers, "cells": cells}
 
 
@@ -309,7 +333,12 @@ def main(argv=None) -> dict:
     p.add_argument("--stack", type=int, default=None, help="layers S (default 12; --quick 4)")
     p.add_argument("--features", type=int, default=None, help="d = d_out = d_in (default 64; --quick 16)")
     p.add_argument("--steps", type=int, default=None, help="max Adam steps per run (default 2000; --quick 200)")
-    p.add_argument("--per-octave", type=int, default=1, help="budgets per doubling (default 1: powers of 2)")
+    p.add_argument(
+        "--per-octave",
+        type=int,
+        default=3,
+        help="budgets per doubling (default 3, fine enough to hit LoRA ranks 3, 4, 6 at S=12, d=64; 1 halves the run)",
+    )
     p.add_argument("--budgets", default=None, help="comma-separated budgets (overrides the log grid)")
     p.add_argument("--inputs", choices=("whitened", "gaussian"), default="whitened")
     p.add_argument("--batch", type=int, default=256, help="batch size of --inputs gaussian")
@@ -330,7 +359,8 @@ def main(argv=None) -> dict:
     p.add_argument("--name", default=None, help="JSON name (default recovery, or recovery_quick with --quick)")
     args = p.parse_args(argv)
     # one thread unless told: these matrices are tiny, and a second thread on a busy machine made steps ~5× slower
-    _common.set_threads(args.threads or 1)
+    threads = args.threads or 1
+    _common.set_threads(threads)
     mode = "quick" if args.quick else "full"
     size = SIZES[mode]
     S, d = args.stack or size["stack"], args.features or size["features"]
@@ -376,7 +406,8 @@ def main(argv=None) -> dict:
         f"<= {settings['steps']} steps, lr {LR} x {settings['lr_factors']}; budgets {budgets}"
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    result = run(settings)
+    with blas_threads(threads):
+        result = run(settings)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     print_results(settings, result)
     print(f"\n# total {seconds:.1f} s wall, {cpu:.1f} s process CPU; load (1 min) at end: {_common._loadavg()}")
