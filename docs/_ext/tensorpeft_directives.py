@@ -319,6 +319,73 @@ class Results(_Base):
         return self.parse_lines(lines)
 
 
+class CompareTable(_Base):
+    """The main job's table as a reader wants it: one row per method, accuracy in %, the plot below.
+
+    Reads ``compare/results.json`` (a full default run) and, when present, ``quality.json`` (the same
+    methods over several seeds) from ``benchmarks/results``; shows the content when neither exists.
+    """
+
+    def run(self):
+        path, quality_path = RESULTS / "compare" / "results.json", RESULTS / "quality.json"
+        if not path.exists():
+            return self.parse_lines(list(self.content))
+        for p in (path, quality_path):
+            if p.exists():
+                self.env.note_dependency(str(p))
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            quality = json.loads(quality_path.read_text(encoding="utf-8")) if quality_path.exists() else None
+        except (OSError, ValueError) as exc:
+            raise self.error(f"cannot read the compare results: {exc}") from exc
+        seeds = {r["method"]: r for r in quality["rows"]} if quality else {}
+        settings, train = record["settings"], record["settings"]["train"]
+        versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+        lines = [
+            f"Run of {record['date']} on {record['machine']['cpus']} CPU cores ({versions}): dataset "
+            f"``{settings['dataset']}``, adapters on ``{', '.join(settings['target_modules'])}``, "
+            f"{train['steps']} steps of {train['batch_size']}, seed {', '.join(map(str, settings['seeds']))}"
+            + (
+                f"; the seeds column: mean ± std over seeds {', '.join(map(str, quality['seeds']))}."
+                if quality
+                else "."
+            ),
+            "",
+        ]
+        # peak memory stays in results.json and the CLI table: one column fewer keeps the table on screen
+        header = ["method", "format", "ranks", "adapter params", "accuracy %", "s/step"]
+        if quality:
+            header.insert(5, f"{len(quality['seeds'])} seeds")
+        body = []
+        for r in record["rows"]:
+            row = [
+                f"``{r['method']}``",
+                r["name"],
+                r["ranks"] if r["ranks"] != "-" else "—",  # a lone "-" would open a bullet list
+                fmt_int(r["adapter_params"]),
+                f"{100 * r['accuracy_mean']:.1f}",
+                f"{r['seconds_per_step']:.3f}",
+            ]
+            if quality:
+                q = seeds.get(r["method"])
+                row.insert(5, f"{100 * q['accuracy_mean']:.1f} ± {100 * q['accuracy_std']:.1f}" if q else "—")
+            body.append(row)
+        lines += list_table(header, body)
+        plot = path.with_name("accuracy_vs_params.png")
+        if plot.exists():
+            self.env.note_dependency(str(plot))
+            depth = len((Path(self.env.srcdir) / self.env.docname).parent.relative_to(self.env.srcdir).parts)
+            rel = Path(*[".."] * (depth + 1), plot.relative_to(ROOT))
+            lines += [
+                f".. figure:: {rel.as_posix()}",
+                "   :width: 90%",
+                "",
+                "   Test accuracy against trainable adapter parameters.",
+                "",
+            ]
+        return self.parse_lines(lines)
+
+
 class Cli(_Base):
     required_arguments = 1
     final_argument_whitespace = True
@@ -345,5 +412,6 @@ def setup(app):
     app.add_directive("tensorpeft-cost-table", CostTable)
     app.add_directive("tensorpeft-budget-table", BudgetTable)
     app.add_directive("tensorpeft-results", Results)
+    app.add_directive("tensorpeft-compare-table", CompareTable)
     app.add_directive("tensorpeft-cli", Cli)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
