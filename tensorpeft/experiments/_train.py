@@ -68,8 +68,13 @@ class SentenceClassifier(nn.Module):
 
 
 def _batches(lengths: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator):
-    """``steps`` batches of indices, each drawn from a random chunk sorted by length."""
-    chunk = batch_size * 8
+    """``steps`` batches of indices, each drawn from a random chunk sorted by length.
+
+    Chunks hold 8 batches; a training set smaller than that is one chunk (its last batch may be short).
+    """
+    if len(lengths) == 0:
+        raise ValueError("no training examples to draw batches from")
+    chunk = min(batch_size * 8, len(lengths))
     out: list[np.ndarray] = []
     while len(out) < steps:
         order = rng.permutation(len(lengths))
