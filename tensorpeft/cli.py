@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--head-lr", type=float, help="learning rate of the classification head (default 1e-2)")
     cmp.add_argument("--n-train", type=_positive, help="training examples (default: all but the test set)")
     cmp.add_argument("--n-test", type=_positive, help="test examples (default 1000; 128 with --quick)")
+    cmp.add_argument(
+        "--validation",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="hold N examples out of training and report accuracy on them, not on the test set "
+        "(to choose learning rates or ranks without looking at the test set)",
+    )
     cmp.add_argument("--output", "-o", default="runs/compare", help="output directory (default: %(default)s)")
     cmp.add_argument("--quick", action="store_true", help="smoke run (< 2 minutes): few steps, small test set")
     cmp.add_argument("--threads", type=_positive, help="torch threads per run (default: all cores)")
@@ -152,13 +160,15 @@ def _compare(args) -> int:
         train=train,
         lr=args.lr,
         threads=args.threads,
+        n_val=args.validation,
+        evaluate_on="validation" if args.validation else "test",
     )
     _check_budgets(settings)
     start = time.time()
     rows = run_compare(settings, progress=not args.no_progress)
     paths = write_outputs(rows, settings, Path(args.output))
     print()
-    print(format_table(rows))
+    print(format_table(rows, settings.evaluate_on))
     print(f"\n{len(rows)} methods in {time.time() - start:.0f} s; results: {paths['json']}; plot: {paths['plot']}")
     return 0
 

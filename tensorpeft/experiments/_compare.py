@@ -56,6 +56,14 @@ class CompareSettings:
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     lr: float | None = None
     threads: int | None = None
+    n_val: int = 0
+    evaluate_on: str = "test"
+
+    def __post_init__(self):
+        if self.evaluate_on not in ("test", "validation"):
+            raise ValueError(f"`evaluate_on` must be 'test' or 'validation', got {self.evaluate_on!r}.")
+        if self.evaluate_on == "validation" and self.n_val < 1:
+            raise ValueError(f"`evaluate_on='validation'` needs a validation set: `n_val` >= 1, got {self.n_val}.")
 
 
 @dataclass
@@ -176,8 +184,16 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
     from ._data import load_dataset
 
     data = load_dataset(
-        settings.dataset, n_train=settings.n_train, n_test=settings.n_test, split_seed=settings.split_seed
+        settings.dataset,
+        n_train=settings.n_train,
+        n_test=settings.n_test,
+        split_seed=settings.split_seed,
+        n_val=settings.n_val,
     )
+    # choosing hyperparameters: score on held-out training examples, never on the test set
+    on_validation = settings.evaluate_on == "validation"
+    eval_texts = data.val_texts if on_validation else data.test_texts
+    eval_labels = data.val_labels if on_validation else data.test_labels
     _, tokenizer = _load_model(settings.model_path)
     max_length = settings.train.max_length
     common = {
@@ -186,13 +202,19 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
         "num_labels": data.num_labels,
         "train_encoded": _encode(tokenizer, data.train_texts, max_length),
         "train_labels": data.train_labels,
-        "test_encoded": _encode(tokenizer, data.test_texts, max_length),
-        "test_labels": data.test_labels,
+        "test_encoded": _encode(tokenizer, eval_texts, max_length),
+        "test_labels": eval_labels,
         "progress": progress,
         "threads": settings.threads or max(1, os.cpu_count() or 1),
     }
     log(
-        f"{data.name}: {len(data.train_texts)} train / {len(data.test_texts)} test examples, "
+        f"{data.name}: {len(data.train_texts)} train / "
+        + (
+            f"{len(eval_texts)} validation (held out of train; test set unused)"
+            if on_validation
+            else f"{len(eval_texts)} test"
+        )
+        + " examples, "
         f"{data.num_labels} classes; {len(settings.methods)} method(s) × {len(settings.seeds)} seed(s), "
         f"{settings.train.steps} steps of {settings.train.batch_size}"
     )
@@ -223,9 +245,9 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
     return rows
 
 
-def format_table(rows: list[MethodRow]) -> str:
-    """Aligned plain-text table of the rows."""
-    header = ("method", "ranks", "adapter params", "trainable", "test accuracy", "s/step", "peak MB")
+def format_table(rows: list[MethodRow], evaluated_on: str = "test") -> str:
+    """Aligned plain-text table of the rows (``evaluated_on`` names the accuracy column's data)."""
+    header = ("method", "ranks", "adapter params", "trainable", f"{evaluated_on} accuracy", "s/step", "peak MB")
     lines = []
     for r in rows:
         acc = f"{100 * r.accuracy_mean:.1f}" + (f" ± {100 * r.accuracy_std:.1f}" if len(r.accuracy) > 1 else "")

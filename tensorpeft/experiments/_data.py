@@ -7,7 +7,8 @@
   sibling ``newsgrp`` downloads.
 
 Splits are fixed and documented: the examples are shuffled once with ``numpy.random.default_rng(split_seed)``
-(default 0); the test set is the first ``n_test`` of that order and the training set the next ``n_train``.
+(default 0); the test set is the first ``n_test`` of that order, an optional validation set the next
+``n_val`` and the training set the next ``n_train``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ DATASETS = ("rotten_tomatoes", "bbc_news")
 
 @dataclass(frozen=True)
 class TextClassificationData:
-    """A fixed train/test split of a text-classification data set."""
+    """A fixed train/test split of a text-classification data set (and an optional validation set)."""
 
     name: str
     labels: tuple[str, ...]
@@ -35,6 +36,8 @@ class TextClassificationData:
     train_labels: np.ndarray
     test_texts: tuple[str, ...]
     test_labels: np.ndarray
+    val_texts: tuple[str, ...] = ()
+    val_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def num_labels(self) -> int:
@@ -73,8 +76,19 @@ def _bbc_news() -> tuple[list[str], list[int], tuple[str, ...]]:
     return texts, labels, topics
 
 
-def load_dataset(name: str = "rotten_tomatoes", *, n_train: int | None = None, n_test: int = 1000, split_seed: int = 0):
+def load_dataset(
+    name: str = "rotten_tomatoes",
+    *,
+    n_train: int | None = None,
+    n_test: int = 1000,
+    split_seed: int = 0,
+    n_val: int = 0,
+):
     """Load a fixed train/test split of an offline data set.
+
+    One shuffle with ``split_seed`` orders the examples: the test set is the first ``n_test``, the
+    validation set the next ``n_val``, the training set the next ``n_train``. The test set does not
+    depend on ``n_val``, so hyperparameters chosen on the validation set never saw it.
 
     Parameters
     ----------
@@ -86,6 +100,8 @@ def load_dataset(name: str = "rotten_tomatoes", *, n_train: int | None = None, n
         Test examples, taken first from the shuffled order.
     split_seed : int
         Seed of the one shuffle that fixes the split.
+    n_val : int
+        Validation examples held out of the training set (default 0: none).
 
     Returns
     -------
@@ -103,13 +119,21 @@ def load_dataset(name: str = "rotten_tomatoes", *, n_train: int | None = None, n
     total = len(texts)
     if n_test < 1 or n_test >= total:
         raise ValueError(f"`n_test` must be between 1 and {total - 1} for {name}, got {n_test}.")
-    available = total - n_test
+    if n_val < 0 or n_val >= total - n_test:
+        raise ValueError(
+            f"`n_val` must be between 0 and {total - n_test - 1} for {name} with n_test={n_test}, got {n_val}."
+        )
+    available = total - n_test - n_val
     if n_train is None:
         n_train = available
     if n_train < 1 or n_train > available:
-        raise ValueError(f"`n_train` must be between 1 and {available} for {name} with n_test={n_test}, got {n_train}.")
+        raise ValueError(
+            f"`n_train` must be between 1 and {available} for {name} with n_test={n_test} and n_val={n_val}, "
+            f"got {n_train}."
+        )
     order = np.random.default_rng(split_seed).permutation(total)
-    test, train = order[:n_test], order[n_test : n_test + n_train]
+    test, val = order[:n_test], order[n_test : n_test + n_val]
+    train = order[n_test + n_val : n_test + n_val + n_train]
     y = np.asarray(labels, dtype=np.int64)
     return TextClassificationData(
         name=name,
@@ -118,4 +142,6 @@ def load_dataset(name: str = "rotten_tomatoes", *, n_train: int | None = None, n
         train_labels=y[train],
         test_texts=tuple(texts[i] for i in test),
         test_labels=y[test],
+        val_texts=tuple(texts[i] for i in val),
+        val_labels=y[val],
     )

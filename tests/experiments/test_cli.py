@@ -51,3 +51,23 @@ def test_quick_compare_writes_table_json_and_plot(tmp_path, capsys):
         assert row["seconds_per_step"] > 0
     png = (tmp_path / "accuracy_vs_params.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validation_run_scores_held_out_training_examples(tmp_path, capsys):
+    argv = ["compare", "--methods", "head", "--steps", "2", "--n-train", "64", "--n-test", "32"]
+    status = main([*argv, "--validation", "48", "--no-progress", "-o", str(tmp_path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "validation accuracy" in out and "test accuracy" not in out
+    assert "48 validation (held out of train; test set unused)" in out
+    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert settings["evaluate_on"] == "validation" and settings["n_val"] == 48
+
+
+def test_validation_needs_a_validation_set():
+    from tensorpeft.experiments import CompareSettings
+
+    with pytest.raises(ValueError, match="`evaluate_on='validation'` needs a validation set"):
+        CompareSettings(model_path="unused", evaluate_on="validation")
+    with pytest.raises(ValueError, match="`evaluate_on` must be 'test' or 'validation'"):
+        CompareSettings(model_path="unused", evaluate_on="train")

