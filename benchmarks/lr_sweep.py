@@ -1,0 +1,107 @@
+"""Learning rate per adapter family, chosen on a validation set held out of training (never the test set).
+
+For each learning rate, the main job's methods train on the training split minus ``--validation``
+held-out sentences (the test sentences stay unseen) and are scored on those held-out sentences; mean
+validation accuracy over seeds per (method, lr), and the best lr per method. The chosen rates are what
+``DEFAULT_LR`` in ``tensorpeft/experiments/_compare.py`` should hold.
+
+Run:  python benchmarks/lr_sweep.py [--lrs 3e-3,1e-2,3e-2] [--seeds 0,1] [--validation 1000] [--quick]
+Writes benchmarks/results/lr_sweep.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import _common
+import numpy as np
+
+from tensorpeft.experiments import CompareSettings, TrainSettings, parse_methods, run_compare
+from tensorpeft.experiments._compare import DEFAULT_LR, default_model_path
+
+METHODS = "lora:r8,tucker2:r1,cp:r1,tt:r1,lora2:r8"
+
+
+def main(argv=None) -> int:
+    """Sweep, print the table and the choice, write JSON."""
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--lrs", default="3e-3,1e-2,3e-2")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--validation", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--methods", default=METHODS)
+    args = p.parse_args(argv)
+    lrs = [float(x) for x in args.lrs.split(",")]
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    steps, n_val, n_train = args.steps, args.validation, None
+    if args.quick:
+        seeds, steps, n_val, n_train, lrs = (0,), 3, 64, 128, lrs[:2]
+    env = _common.environment()
+    _common.print_environment(env)
+    methods = tuple(parse_methods(args.methods.split(",")))
+    start = time.time()
+    scores: dict[str, dict[float, list[float]]] = {}
+    params: dict[str, int] = {}
+    for lr in lrs:
+        settings = CompareSettings(
+            model_path=str(default_model_path()),
+            methods=methods,
+            seeds=seeds,
+            n_train=n_train,
+            n_val=n_val,
+            evaluate_on="validation",
+            train=TrainSettings(steps=steps),
+            lr=lr,
+            threads=args.threads,
+        )
+        for row in run_compare(settings, progress=sys.stderr.isatty()):
+            scores.setdefault(row.method, {})[lr] = row.accuracy
+            params[row.method] = row.adapter_params
+    header = ["method", "adapter params", *(f"lr {lr:g}" for lr in lrs), "best lr", "DEFAULT_LR now"]
+    rows, choice = [], {}
+    for method, by_lr in scores.items():
+        means = {lr: float(np.mean(acc)) for lr, acc in by_lr.items()}
+        best = max(means, key=means.get)
+        choice[method] = best
+        family = method.split(":")[0]
+        rows.append(
+            [
+                method,
+                f"{params[method]:,}",
+                *(f"{100 * means[lr]:.1f}" for lr in lrs),
+                f"{best:g}",
+                f"{DEFAULT_LR[family]:g}",
+            ]
+        )
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    print()
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"\nvalidation accuracy (%), mean over seeds {list(seeds)}; {len(lrs)} rates in {time.time() - start:.0f} s")
+    if not args.no_json:
+        record = {
+            "environment": env,
+            "seeds": list(seeds),
+            "steps": steps,
+            "validation": n_val,
+            "lrs": lrs,
+            "rows": [
+                {
+                    "method": m,
+                    "adapter_params": params[m],
+                    **{f"accuracy_lr_{lr:g}": scores[m][lr] for lr in lrs},
+                    "best_lr": choice[m],
+                }
+                for m in scores
+            ],
+        }
+        name = "lr_sweep_quick" if args.quick else "lr_sweep"
+        print(f"wrote {_common.write_json(name, record)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
