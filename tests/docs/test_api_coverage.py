@@ -12,8 +12,8 @@
 - data (constants, strategies): nothing to check here; the reference shows their value.
 
 Raises sections are not enforced: whether a function raises is not decidable from its source (most
-validation is delegated), so reviewers check those. ``KNOWN_GAPS`` lists what is missing today; an entry
-that gets fixed must be deleted from it (that test fails until it is), so the list only shrinks.
+validation is delegated), so reviewers check those. There is no list of tolerated gaps: every public
+name must pass.
 
 The reference itself is checked by building the site (slow: ``make test-slow``) and reading its object
 inventory, as ``docs/check_site.py`` does for the site CI publishes.
@@ -37,9 +37,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "tensorpeft"
 PLANNED = ("tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing")
-
-# name -> what its docstring lacks today (the debt when this test was written); delete entries as they are fixed.
-KNOWN_GAPS: dict[str, set[str]] = {}
 
 
 # ---------------------------------------------------------------------------------------- discovery
@@ -197,18 +194,8 @@ OBJECTS = public_objects()
 
 @pytest.mark.parametrize("full", sorted(OBJECTS))
 def test_public_name_is_documented(full):
-    missing = problems_of(OBJECTS[full]) - KNOWN_GAPS.get(full, set())
+    missing = problems_of(OBJECTS[full])
     assert not missing, f"{full}: the docstring lacks {', '.join(sorted(missing))}"
-
-
-@pytest.mark.parametrize("full", sorted(KNOWN_GAPS))
-def test_known_gaps_are_still_gaps(full):
-    """A fixed gap is reported (as a skip, so that fixing a docstring never breaks CI) until deleted."""
-    if full not in OBJECTS:
-        pytest.skip(f"{full} is no longer public; delete it from KNOWN_GAPS")
-    fixed = KNOWN_GAPS[full] - problems_of(OBJECTS[full])
-    if fixed:
-        pytest.skip(f"{full}: {', '.join(sorted(fixed))} is fixed; delete it from KNOWN_GAPS in {__file__}")
 
 
 def test_every_public_name_is_checked():
