@@ -137,6 +137,13 @@ class _Base(SphinxDirective):
         self.state.nested_parse(StringList(lines, source=self.get_source_info()[0]), self.content_offset, container)
         return container.children
 
+    def figure_lines(self, path: Path, width: str, caption: str) -> list[str]:
+        """reST of a figure of the repository file ``path``, relative to the current page (a rebuild dependency)."""
+        self.env.note_dependency(str(path))
+        depth = len((Path(self.env.srcdir) / self.env.docname).parent.relative_to(self.env.srcdir).parts)
+        rel = Path(*[".."] * (depth + 1), path.relative_to(ROOT))
+        return [f".. figure:: {rel.as_posix()}", f"   :width: {width}", "", f"   {caption}", ""]
+
     def labelled_expressions(self) -> list[tuple[str, str]]:
         out = []
         for line in self.content:
@@ -288,7 +295,6 @@ class Results(_Base):
         images = sorted(RESULTS.glob("**/*.png")) if "images" in self.options else []
         if not files and not images:
             return self.parse_lines(list(self.content))
-        depth = len((Path(self.env.srcdir) / self.env.docname).parent.relative_to(self.env.srcdir).parts)
         lines: list[str] = []
         for path in files:
             self.env.note_dependency(str(path))
@@ -313,9 +319,7 @@ class Results(_Base):
                 body = [[_cell(row.get(c)) for c in columns] for row in rows]
                 lines += list_table([f"``{c}``" for c in columns], body, css="tp-results")
         for path in images:
-            self.env.note_dependency(str(path))
-            rel = Path(*[".."] * (depth + 1), path.relative_to(ROOT))
-            lines += [f".. figure:: {rel.as_posix()}", "   :width: 100%", "", f"   ``{path.relative_to(ROOT)}``", ""]
+            lines += self.figure_lines(path, "100%", f"``{path.relative_to(ROOT)}``")
         return self.parse_lines(lines)
 
 
@@ -373,16 +377,7 @@ class CompareTable(_Base):
         lines += list_table(header, body)
         plot = path.with_name("accuracy_vs_params.png")
         if plot.exists():
-            self.env.note_dependency(str(plot))
-            depth = len((Path(self.env.srcdir) / self.env.docname).parent.relative_to(self.env.srcdir).parts)
-            rel = Path(*[".."] * (depth + 1), plot.relative_to(ROOT))
-            lines += [
-                f".. figure:: {rel.as_posix()}",
-                "   :width: 90%",
-                "",
-                "   Test accuracy against trainable adapter parameters.",
-                "",
-            ]
+            lines += self.figure_lines(plot, "90%", "Test accuracy against trainable adapter parameters.")
         return self.parse_lines(lines)
 
 

@@ -27,6 +27,16 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_fraction(value, name: str) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1)``; raise otherwise (NaN too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number in [0, 1), got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not (0.0 <= value < 1.0):  # also rejects NaN
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+    return value
+
+
 def check_shape_tuple(value, name: str) -> tuple[int, ...]:
     """Normalize an int or an iterable of ints to a tuple of positive ints."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

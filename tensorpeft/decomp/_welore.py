@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -12,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backend import _is_torch
-from ._validate import check_shape_tuple
+from ._validate import check_fraction, check_shape_tuple
 
 __all__ = ["Spectrum", "WeLoreMatrix", "WeLoreResult", "welore_ranks"]
 
@@ -241,8 +240,8 @@ def welore_ranks(matrices, reduction=0.5, min_ratio=0.5) -> WeLoreResult:
     ...
     ValueError: `reduction`=0.9 is not reachable: the largest reduction any threshold gives is 0.79 (tau=1.0).
     """
-    target = _check_fraction(reduction, "reduction")
-    ratio = _check_fraction(min_ratio, "min_ratio")
+    target = check_fraction(reduction, "reduction")
+    ratio = check_fraction(min_ratio, "min_ratio")
     if not isinstance(matrices, Mapping):
         raise TypeError(
             f"`matrices` must be a mapping from name to 2-D array or Spectrum, got {type(matrices).__name__}."
@@ -309,15 +308,6 @@ def welore_ranks(matrices, reduction=0.5, min_ratio=0.5) -> WeLoreResult:
 
 def _tau(values, j: int) -> float:
     return 0.0 if j == 0 else float(values[j])
-
-
-def _check_fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number in [0, 1), got {value!r} ({type(value).__name__}).")
-    value = float(value)
-    if not (0.0 <= value < 1.0):  # also rejects NaN
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
-    return value
 
 
 def _spectrum(value, where: str) -> tuple[tuple[int, int], np.ndarray]:

@@ -9,9 +9,9 @@ import torch.nn.functional as F  # noqa: N812 - the universal torch alias
 from torch import nn
 
 from .. import decomp
-from ..decomp._welore import _check_fraction
+from ..decomp._validate import check_fraction
 from ._config import _module_selector
-from ._targets import find_targets, linear_shape
+from ._targets import dense_weight, find_targets, linear_shape, parent_module
 
 __all__ = ["LowRankLinear", "compress_low_rank"]
 
@@ -91,23 +91,12 @@ class LowRankLinear(nn.Module):
         )
 
 
-def _dense(layer: nn.Module) -> torch.Tensor:
-    """The weight as ``(out, in)``: transformers' ``Conv1D`` stores it ``(in, out)``."""
-    w = layer.weight.detach()
-    return w if isinstance(layer, nn.Linear) else w.T
-
-
 def _factors(layer: nn.Module, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``U √Σ_k`` and ``√Σ_k Vᵀ`` of the float64 SVD of the layer's ``(out, in)`` weight, in its dtype."""
-    w = _dense(layer)
+    w = dense_weight(layer)
     u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
     root = s[:rank].sqrt()
     return (u[:, :rank] * root).to(w.dtype).contiguous(), (root[:, None] * vh[:rank]).to(w.dtype).contiguous()
-
-
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 def compress_low_rank(
@@ -200,8 +189,8 @@ def compress_low_rank(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    _check_fraction(reduction, "reduction")
-    _check_fraction(min_ratio, "min_ratio")
+    check_fraction(reduction, "reduction")
+    check_fraction(min_ratio, "min_ratio")
     selector = types.SimpleNamespace(
         target_modules=_module_selector(target_modules, "target_modules", allow_all_linear=True),
         exclude_modules=None
@@ -220,7 +209,7 @@ def compress_low_rank(
                 f"`model` reaches layer {name!r} under several names {names_of[id(layer)]}; a shared layer "
                 "cannot be replaced in one place only. Exclude it with `exclude_modules`."
             )
-        w = _dense(layer)
+        w = dense_weight(layer)
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"the weight of {name!r} contains NaN or infinite values; nothing was changed.")
         sigma = torch.linalg.svdvals(w.to(torch.float64)).cpu().numpy()
@@ -238,7 +227,7 @@ def compress_low_rank(
     for p in model.parameters():
         p.requires_grad_(False)
     for name, new in replacements.items():
-        parent, child = _parent(model, name)
+        parent, child = parent_module(model, name)
         setattr(parent, child, new)
         new.U.requires_grad_(True)
         new.V.requires_grad_(True)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import decomp
+from ._targets import dense_weight
 
 __all__ = ["adapter_dtype", "initial_factors", "pretrained_stack"]
 
@@ -29,8 +30,7 @@ def pretrained_stack(members: list[tuple[nn.Module, tuple[int, ...]]], shape, dt
     first = members[0][0].weight
     dense = torch.zeros(tuple(shape), dtype=dtype, device=first.device)
     for layer, index in members:
-        w = layer.weight.detach().to(dtype)
-        dense[index] = w if isinstance(layer, nn.Linear) else w.T
+        dense[index] = dense_weight(layer).to(dtype)
     return dense
 
 

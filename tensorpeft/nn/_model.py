@@ -13,13 +13,9 @@ from ._grouping import StackPlan, plan_stacks
 from ._init import adapter_dtype, initial_factors, pretrained_stack
 from ._layer import AdapterLinear
 from ._stack import AdapterStack
+from ._targets import parent_module
 
 __all__ = ["TensorPeftModel", "get_peft_model"]
-
-
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 class TensorPeftModel(nn.Module):
@@ -113,7 +109,7 @@ class TensorPeftModel(nn.Module):
         for plan in self.plans:
             stack = stacks[plan.name]
             for name, index in plan.members:
-                parent, child = _parent(base_model, name)
+                parent, child = parent_module(base_model, name)
                 setattr(parent, child, AdapterLinear(modules[name], stack, index, config.dropout))
         for p in self.tensor_adapters.parameters():
             p.requires_grad_(trainable)
@@ -226,7 +222,7 @@ class TensorPeftModel(nn.Module):
 
     def _replace_wrappers(self) -> nn.Module:
         for name, layer in list(self.adapter_layers()):
-            parent, child = _parent(self.base_model, name)
+            parent, child = parent_module(self.base_model, name)
             setattr(parent, child, layer.base_layer)
         for name, p in self.base_model.named_parameters():
             p.requires_grad_(self._base_requires_grad.get(name, p.requires_grad))

@@ -9,6 +9,7 @@ from fractions import Fraction
 import torch
 
 from .. import decomp
+from ..decomp._validate import check_fraction
 
 __all__ = ["RankPruner"]
 
@@ -21,14 +22,6 @@ def _int(value, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
     return int(value)
-
-
-def _beta(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number in [0, 1), got {value!r} ({type(value).__name__}).")
-    if not 0.0 <= float(value) < 1.0:  # also rejects NaN
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
-    return float(value)
 
 
 def _peft_model(model):
@@ -207,8 +200,8 @@ class RankPruner:
         target = _int(target_rank, "target_rank", 1)
         if target > initial:
             raise ValueError(f"`target_rank`={target} exceeds `initial_rank`={initial}; it must be <= {initial}.")
-        self.beta1 = _beta(beta1, "beta1")
-        self.beta2 = _beta(beta2, "beta2")
+        self.beta1 = check_fraction(beta1, "beta1")
+        self.beta2 = check_fraction(beta2, "beta2")
 
         self.model = peft
         self._stacks = stacks

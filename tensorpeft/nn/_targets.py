@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from ._config import ALL_LINEAR
 
-__all__ = ["conv1d_class", "find_targets", "is_adaptable", "linear_shape"]
+__all__ = ["conv1d_class", "dense_weight", "find_targets", "is_adaptable", "linear_shape", "parent_module"]
 
 
 def conv1d_class():
@@ -38,6 +39,18 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
         return module.out_features, module.in_features
     in_features, out_features = module.weight.shape  # Conv1D stores the weight transposed
     return int(out_features), int(in_features)
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The detached weight of an adaptable layer as ``(out_features, in_features)`` (a view, no copy)."""
+    w = module.weight.detach()
+    return w if isinstance(module, nn.Linear) else w.T  # Conv1D stores it (in, out)
+
+
+def parent_module(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """``(parent, attribute)`` of the submodule ``name`` of ``model``, to replace it with ``setattr``."""
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 def _matches(selector, name: str) -> bool:

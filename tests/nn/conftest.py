@@ -14,12 +14,9 @@ RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Single-threaded torch: on these tiny matrices a second thread only adds wake-up latency."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(single_threaded_linear_algebra):
+    """Tiny matrices: a second thread only adds wake-up latency (see ``tests/conftest.py``)."""
     yield
-    torch.set_num_threads(threads)
 
 
 def _bert(seed=0, layers=2):
