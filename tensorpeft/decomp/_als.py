@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import opt_einsum
 
 from ._contract import contract
+from ._validate import check_n_iter_max, check_seed, check_tol
 
 __all__ = ["fit_als"]
 
@@ -77,19 +79,271 @@ def _update(fmt, factors, name, target, ops):
 
 
 def fit_als(fmt, dense, init, *, n_iter_max, tol, ops):
-    """Run ALS sweeps from ``init``; return ``(factors, rel_err)``."""
+    """Run ALS sweeps from ``init``; return ``(factors, rel_err)``.
+
+    ``dense`` should be of moderate scale (:func:`fit_scaled` hands over ``dense / 2**e`` with its largest
+    entry in ``[0.5, 1)``): the error of each sweep, which decides when to stop, is a plain norm.
+    """
     target = dense.reshape(tuple(fmt.sizes[c] for c in fmt._output))
-    factors = {n: ops.asarray(ops.to_numpy(v), like=dense) for n, v in init.items()}
+    factors = {n: convert(v, dense, ops) for n, v in init.items()}
     ref = ops.norm(dense)
     if ref == 0:
         return {n: v * 0 for n, v in factors.items()}, 0.0
-    err = fmt.relative_error(dense, factors)
+    err = _plain_error(fmt, dense, factors, ref, ops)
     for _ in range(n_iter_max):
         for name in fmt.factor_names:
             factors[name] = _update(fmt, factors, name, target, ops)
-        new_err = fmt.relative_error(dense, factors)
+        new_err = _plain_error(fmt, dense, factors, ref, ops)
         done = abs(err - new_err) < tol or new_err < tol
         err = new_err
         if done:
             break
     return factors, err
+
+
+def _plain_error(fmt, dense, factors, ref, ops) -> float:
+    """``‖dense - to_dense(factors)‖ / ref`` without the checks and rescaling of ``relative_error``."""
+    rebuilt = contract(fmt.equation, *(factors[n] for n in fmt.factor_names), ops=ops)
+    return ops.norm(dense - rebuilt.reshape(dense.shape)) / ref
+
+
+# ---------------------------------------------------------------------------------------- scale-safe fitting
+# Every fit works on ``dense / 2**e``, ``e`` the binary exponent of the largest entry (unless that is
+# within 2**±12), so that no Gram matrix, square or singular value over- or underflows whatever the
+# scale of ``dense``; the factors are scaled back by powers of two (exact), and the reported error is
+# that of the returned factors.
+
+_STEP = 100  # 2**±100 is a normal float32 (and float64): scaling by powers of two in steps of this size is exact
+_SUM_BITS = 8  # headroom above a factor's largest entry for the sums of a contraction
+_ORDINARY = 12  # largest entries within 2**±12 need no scaling in float32 or float64 (squares stay far from the ends)
+
+
+def detach(x, ops):
+    """``x`` without autograd history (torch); numpy arrays as they are."""
+    return x.detach() if ops.name == "torch" else x
+
+
+def max_abs(x, ops) -> float:
+    """Largest absolute entry of ``x`` as a Python float."""
+    if ops.name == "torch":
+        return float(x.detach().abs().max())
+    return float(np.max(np.abs(x)))
+
+
+def exponent(value: float) -> int:
+    """Binary exponent ``e`` with ``value = f · 2**e``, ``0.5 <= f < 1`` (0 for 0)."""
+    return math.frexp(value)[1] if value else 0
+
+
+def times_pow2(x, k: int):
+    """``x · 2**k``, exact (barring subnormal results), in steps that keep every multiplier a normal float32."""
+    while k:
+        step = max(-_STEP, min(_STEP, k))
+        x = x * 2.0**step
+        k -= step
+    return x
+
+
+def working_dtype(dtype, ops):
+    """Dtype a fit computes in: float32 for half precision (bf16, fp16), float64 for exotic floats."""
+    return ops.working_dtype(dtype)
+
+
+def wider(a, b, ops):
+    """The wider of two working dtypes (float64 if either is)."""
+    if ops.name == "torch":
+        return ops.torch.float64 if ops.torch.float64 in (a, b) else ops.torch.float32
+    return np.promote_types(a, b)
+
+
+def cast(x, dtype, ops):
+    """``x`` in ``dtype`` (no copy when it already is)."""
+    return ops.cast(x, dtype)
+
+
+def convert(x, like, ops):
+    """``x`` (numpy or torch) as an array of ``like``'s backend, dtype and device."""
+    if ops.is_array(x):
+        return x.detach().to(device=like.device, dtype=like.dtype) if ops.name == "torch" else cast(x, like.dtype, ops)
+    if hasattr(x, "detach"):  # a torch tensor for numpy: through float64, which numpy has for every torch float
+        x = x.detach().cpu().double().numpy()
+    return ops.asarray(x, like=like)
+
+
+def _exponent_range(dtype, ops) -> tuple[int, int]:
+    """Binary exponents between which a factor's largest entry keeps full precision and room for sums."""
+    info = ops.torch.finfo(dtype) if ops.name == "torch" else np.finfo(dtype)
+    bits = 1 - exponent(float(info.eps))  # mantissa bits
+    return exponent(float(info.tiny)) + bits, exponent(float(info.max)) - _SUM_BITS
+
+
+def _split(total: int, names) -> dict:
+    """``total`` split into integer parts over ``names``, as evenly as possible."""
+    base, rem = divmod(total, len(names))
+    return {n: base + (1 if k < rem else 0) for k, n in enumerate(names)}
+
+
+def _plans(exps, k: int, carrier, fixed: bool):
+    """Candidate shifts: ``2**k`` split over ``carrier``, then (unless ``fixed``) balanced over all factors."""
+    plans = [_split(k, carrier)]
+    if not fixed:
+        nonzero = [n for n, e in exps.items() if e is not None]
+        if nonzero:
+            total = k + sum(exps[n] for n in nonzero)
+            target = _split(total, nonzero)
+            plans.append({n: target[n] - exps[n] for n in nonzero})
+    return plans
+
+
+def place_scale(factors, k: int, dtype, ops, carrier, *, fixed: bool = False) -> dict:
+    """Multiply the product of ``factors`` by ``2**k`` and return them in ``dtype``.
+
+    The scale goes on the factors named by ``carrier`` (split evenly) if that keeps every factor's
+    largest entry well inside the range of ``dtype``; otherwise (unless ``fixed``: orthonormal planes
+    must stay so) it is balanced so that every factor gets about the same largest entry.
+
+    Raises
+    ------
+    ValueError
+        Naming `dense`, if no placement gives finite factors in ``dtype``.
+    """
+    peaks = {n: max_abs(v, ops) for n, v in factors.items()}
+    exps = {n: (exponent(p) if p > 0 else None) for n, p in peaks.items()}
+    low, high = _exponent_range(dtype, ops)
+    plans = _plans(exps, k, tuple(carrier), fixed)
+    chosen = plans[-1]
+    for plan in plans:
+        if all(e is None or low <= e + plan.get(n, 0) <= high for n, e in exps.items()):
+            chosen = plan
+            break
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming `dense`
+        out = {n: cast(times_pow2(v, chosen.get(n, 0)), dtype, ops) for n, v in factors.items()}
+    if not all(ops.all_finite(v) for v in out.values()):
+        raise ValueError(
+            f"`dense` has entries up to 2**{k}: its factors in this format overflow {dtype}; "
+            "fit a rescaled `dense` or use a wider dtype."
+        )
+    return out
+
+
+def start_from(init, like, ops) -> dict:
+    """Starting factors ``init`` (checked) in the backend and dtype of ``like``, each with a largest entry near 1.
+
+    ALS needs only their directions (each update solves for one factor given the others): a start at a
+    scale far from the data's would only make the first Gram matrices over- or underflow.
+    """
+    start = {}
+    for name, v in init.items():
+        v = convert(v, like, ops)
+        start[name] = times_pow2(v, -exponent(max_abs(v, ops)))
+    return start
+
+
+def check_init(fmt, init):
+    """Validate optional starting factors: names, shapes, dtypes and finite entries (naming `init`)."""
+    if init is None:
+        return None
+    init_ops = fmt.check_factors(init, argument="init")
+    for name in fmt.factor_names:
+        if not init_ops.all_finite(init[name]):
+            raise ValueError(f"`init[{name!r}]` contains NaN or infinite values; starting factors must be finite.")
+    return init
+
+
+def fit_scaled(fmt, dense, solve, ops, *, carrier, fixed: bool = False):
+    """Fit ``dense / 2**e`` with ``solve(x)``; return the factors scaled back, in ``dense``'s dtype, and their error.
+
+    ``solve`` computes in the working dtype (float32 for half precision) and returns factors of ``x``;
+    the scale ``2**e`` is placed by :func:`place_scale` (on ``carrier`` where that is safe). The error
+    is ``fmt.relative_error`` of the returned (rounded) factors.
+    """
+    dense = detach(dense, ops)
+    dtype = ops.dtype_of(dense)
+    e = exponent(max_abs(dense, ops))
+    if abs(e) <= _ORDINARY:
+        e = 0  # ordinary scale: fitted as it is, without a scaled copy
+    x = times_pow2(cast(dense, working_dtype(dtype, ops), ops), -e)
+    factors = place_scale(solve(x), e, dtype, ops, carrier, fixed=fixed)
+    return factors, fmt.relative_error(dense, factors)
+
+
+def relative_error(fmt, dense, factors, ops) -> float:
+    """``‖dense - to_dense(factors)‖ / ‖dense‖`` of checked arrays, free of over- and underflow.
+
+    Computed in the working dtype (float32 at least): the factors are scaled by powers of two to a
+    largest entry near 1 before the contraction and both tensors brought to a common power of two
+    before the difference, so the result is the plain formula's, as if the range were unlimited.
+    """
+    first = factors[fmt.factor_names[0]]
+    work = wider(working_dtype(ops.dtype_of(dense), ops), working_dtype(first.dtype, ops), ops)
+    d = cast(detach(dense, ops), work, ops)
+    arrays = {name: convert(factors[name], d, ops) for name in fmt.factor_names}
+    peaks = {name: max_abs(f, ops) for name, f in arrays.items()}
+    peak_d = max_abs(d, ops)
+    if not all(peaks.values()):
+        return 1.0 if peak_d > 0 else 0.0  # the product is exactly zero
+    exps = {name: exponent(p) for name, p in peaks.items()}
+    fast = _plain_if_safe(fmt, d, arrays, exponent(peak_d), exps, ops)
+    if fast is not None:
+        return fast
+    total = sum(exps.values())
+    scaled = [times_pow2(arrays[n], -exps[n]) for n in fmt.factor_names]
+    rec = contract(fmt.equation, *scaled, ops=ops).reshape(d.shape)
+    peak_r = max_abs(rec, ops)
+    if peak_r == 0:
+        return 1.0 if peak_d > 0 else 0.0
+    e_r = total + exponent(peak_r)
+    if peak_d == 0:
+        return _ldexp(_norm(rec, ops), total)  # absolute: ‖to_dense(factors)‖
+    e_d = exponent(peak_d)
+    top = max(e_d, e_r)
+    d_top = times_pow2(d, -top)
+    err = _norm(d_top - times_pow2(rec, total - top), ops)
+    ref = _norm(d_top, ops) if top - e_d < _STEP else _ldexp(_norm(times_pow2(d, -e_d), ops), e_d - top)
+    return err / ref
+
+
+def _plain_if_safe(fmt, d, arrays, e_d, exps, ops) -> float | None:
+    """The plain formula where no product or square can leave the range (data of ordinary scale), else None.
+
+    Safe when ``d`` and every factor have largest entries within ``2**±L``, ``L`` a quarter of the dtype's
+    exponent range divided among the factors, and the residual is not so small that its squares underflow.
+    """
+    low, high = _exponent_range(d.dtype, ops)
+    bound = min(-low, high) // 4
+    if abs(e_d) > bound or sum(abs(e) for e in exps.values()) > bound:
+        return None
+    rec = contract(fmt.equation, *(arrays[n] for n in fmt.factor_names), ops=ops).reshape(d.shape)
+    err, ref = ops.norm(d - rec), ops.norm(d)
+    if ref == 0 or not math.isfinite(err) or (err and exponent(err) <= low // 2 + _STEP // 4):
+        return None
+    return err / ref
+
+
+def _norm(x, ops) -> float:
+    """Euclidean norm of ``x`` with entries of magnitude about 1 or below; rescaled where squares would underflow."""
+    value = ops.norm(x)
+    low, _ = _exponent_range(x.dtype, ops)
+    if value == 0 or exponent(value) > low // 2 + _STEP // 4:
+        return value
+    k = exponent(max_abs(x, ops))
+    return _ldexp(ops.norm(times_pow2(x, -k)), k)
+
+
+def _ldexp(value: float, k: int) -> float:
+    try:
+        return math.ldexp(value, k)
+    except OverflowError:
+        return math.inf
+
+
+def check_fit_kwargs(fmt, kwargs) -> None:
+    """Validate the options a closed-form fit takes by keyword and ignores (`n_iter_max`, `tol`, `seed`, `init`)."""
+    if "n_iter_max" in kwargs:
+        check_n_iter_max(kwargs["n_iter_max"])
+    if "tol" in kwargs:
+        check_tol(kwargs["tol"])
+    if "seed" in kwargs:
+        check_seed(kwargs["seed"])
+    if kwargs.get("init") is not None:
+        check_init(fmt, kwargs["init"])

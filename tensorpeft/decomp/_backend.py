@@ -15,9 +15,42 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Ops", "ops_for", "ops_named"]
+__all__ = ["BACKENDS", "FLOAT_DTYPES", "Ops", "ops_for", "ops_named"]
 
 BACKENDS = ("numpy", "torch")
+
+#: Floating dtypes the factors may have, by backend (names as numpy/torch spell them). Half precision
+#: is drawn in float32 (numpy: float64) and rounded, since neither library draws or factorizes in it.
+FLOAT_DTYPES = {
+    "numpy": ("float16", "float32", "float64"),
+    "torch": ("float16", "bfloat16", "float32", "float64"),
+}
+
+
+def _dtype_name(dtype) -> str | None:
+    """The name of a numpy/torch dtype, a scalar type or a dtype name (``"float32"``, ``"torch.float32"``)."""
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") == "bfloat16":
+        return "bfloat16"  # a torch dtype numpy does not know
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    if isinstance(dtype, str):
+        dtype = dtype.removeprefix("torch.")
+    try:
+        return np.dtype(dtype).name
+    except Exception:  # numpy's dtype parser raises many types (SyntaxError for "(0,"): all mean "not a dtype"
+        return None
+
+
+def _check_float_dtype(dtype, backend: str) -> str:
+    """Name of ``dtype`` if it is one of :data:`FLOAT_DTYPES` of ``backend``; TypeError/ValueError naming `dtype`."""
+    name = _dtype_name(dtype)
+    allowed = FLOAT_DTYPES[backend]
+    if name is None:
+        raise TypeError(f"`dtype` must be a floating dtype, one of {allowed} ({backend}), got {dtype!r}.")
+    if name not in allowed:
+        raise ValueError(f"`dtype` must be a floating dtype, one of {allowed} on the {backend} backend, got {dtype!r}.")
+    return name
 
 
 def _is_torch(array: Any) -> bool:
@@ -47,7 +80,21 @@ class NumpyOps(Ops):
         return np.dtype(np.float64)
 
     def resolve_dtype(self, dtype):
-        return self.default_dtype() if dtype is None else np.dtype(dtype)
+        """``dtype`` as a numpy dtype (default float64); a torch dtype is taken by name (torch.float32)."""
+        return self.default_dtype() if dtype is None else np.dtype(_check_float_dtype(dtype, self.name))
+
+    def itemsize(self, dtype):
+        return np.dtype(dtype).itemsize
+
+    def cast(self, x, dtype):
+        return x.astype(dtype, copy=False)
+
+    def working_dtype(self, dtype):
+        """The dtype to compute in for ``dtype``: float32 for float16 (no numpy linalg), float64 for longdouble."""
+        dtype = np.dtype(dtype)
+        if dtype in (np.float32, np.float64):
+            return dtype
+        return np.dtype(np.float32) if dtype.itemsize < 4 else np.dtype(np.float64)
 
     def dtype_of(self, x):
         return x.dtype
@@ -124,12 +171,20 @@ class TorchOps(Ops):
         return self.torch.get_default_dtype()
 
     def resolve_dtype(self, dtype):
+        """``dtype`` as a torch dtype (default ``torch.get_default_dtype()``); numpy dtypes and names accepted."""
         if dtype is None:
             return self.default_dtype()
-        if isinstance(dtype, self.torch.dtype):
-            return dtype
-        # accept numpy-style names ("float32", np.float64, ...)
-        return getattr(self.torch, np.dtype(dtype).name)
+        return getattr(self.torch, _check_float_dtype(dtype, self.name))
+
+    def itemsize(self, dtype):
+        return dtype.itemsize
+
+    def cast(self, x, dtype):
+        return x.to(dtype)
+
+    def working_dtype(self, dtype):
+        """The dtype to draw and factorize in for arrays of ``dtype``: float32 unless it is float32/float64."""
+        return dtype if dtype in (self.torch.float32, self.torch.float64) else self.torch.float32
 
     def dtype_of(self, x):
         return x.dtype
@@ -143,7 +198,8 @@ class TorchOps(Ops):
         return gen
 
     def normal(self, gen, shape, std, dtype):
-        return self.torch.randn(tuple(shape), generator=gen, dtype=dtype) * std
+        work = self.working_dtype(dtype)
+        return (self.torch.randn(tuple(shape), generator=gen, dtype=work) * std).to(dtype)
 
     def zeros(self, shape, dtype, like=None):
         device = like.device if like is not None else None
@@ -213,9 +269,13 @@ def ops_named(backend: str) -> Ops:
 
     Raises
     ------
+    TypeError
+        If ``backend`` is not a str.
     ValueError
         If ``backend`` is not one of :data:`BACKENDS`.
     """
+    if not isinstance(backend, str):
+        raise TypeError(f"`backend` must be one of {BACKENDS} (a str), got {backend!r} ({type(backend).__name__}).")
     if backend == "numpy":
         return _NUMPY
     if backend == "torch":

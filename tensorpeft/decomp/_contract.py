@@ -161,13 +161,39 @@ def _run_gemm(spec: _Gemm, a, b):
     return result.reshape(spec.result_shape).permute(spec.out_perm)
 
 
+_EINSUM_LETTERS = "".join(opt_einsum.get_symbol(k) for k in range(52))  # what numpy and torch accept
+
+
+@lru_cache(maxsize=1024)
+def einsum_letters(equation: str) -> str:
+    """``equation`` with any index outside ``a-z``/``A-Z`` renamed to a free one of those 52 letters.
+
+    numpy's and torch's ``einsum`` accept only these letters; opt_einsum's symbols past the 52nd (which
+    generated equations may use) are Unicode. Raises ValueError when the equation has more than 52
+    distinct indices: no einsum of numpy or torch can run it.
+    """
+    used = sorted(set(equation) - set(",->"))
+    if len(used) > len(_EINSUM_LETTERS):
+        raise ValueError(
+            f"`equation` has {len(used)} distinct indices; numpy's and torch's einsum support "
+            f"{len(_EINSUM_LETTERS)} (a-z, A-Z): use a format with fewer modes."
+        )
+    foreign = [c for c in used if c not in _EINSUM_LETTERS]
+    if not foreign:
+        return equation
+    free = [c for c in _EINSUM_LETTERS if c not in used]
+    return equation.translate(str.maketrans(dict(zip(foreign, free, strict=False))))
+
+
 def contract(equation: str, *operands, ops: Ops, activation: int | None = None):
     """Contract ``operands`` according to ``equation`` using the cached plan for their shapes.
 
     ``activation`` is the position of the big operand (the input ``x`` of a factored apply): the
     steps that join it, or results derived from it, with a factor run as layout-aware matrix
-    products under the ``"gemm"`` executor. Without it every step is an ``einsum``.
+    products under the ``"gemm"`` executor. Without it every step is an ``einsum``. Indices outside
+    ``a-z``/``A-Z`` are renamed first (:func:`einsum_letters`).
     """
+    equation = einsum_letters(equation)
     shapes = tuple(tuple(op.shape) for op in operands)
     name = _current["executor"]
     if name == "einsum" and len(operands) > 1:

@@ -8,7 +8,7 @@ from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import leading_left_vectors
-from ._validate import check_positive_int
+from ._validate import MAX_RANK, check_n_iter_max, check_seed, check_size, check_tol
 
 __all__ = ["CP"]
 
@@ -55,9 +55,9 @@ class CP(StackedFormat):
 
     def __init__(self, stack, out_features, in_features, rank, heads=None):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
-        self.rank = check_positive_int(rank, "rank")
+        self.rank = check_size(rank, "rank", MAX_RANK)
         if heads is not None:
-            heads = check_positive_int(heads, "heads")
+            heads = check_size(heads, "heads")
             if out_features % heads:
                 raise ValueError(f"`heads`={heads} must divide `out_features`={out_features}.")
         self.heads = heads
@@ -101,14 +101,18 @@ class CP(StackedFormat):
     def fit(self, dense, *, init=None, n_iter_max: int = 500, tol: float = 1e-12, seed: int = 0):
         """CP-ALS from an SVD initialization (leading left singular vectors of each unfolding).
 
-        Random columns pad the modes smaller than the rank. Returns ``(factors, rel_err)``.
+        Random columns pad the modes smaller than the rank. Returns ``(factors, rel_err)``; scale,
+        dtypes and errors as :meth:`TensorNetwork.fit` (the scale is balanced over all factors).
         """
+        n_iter_max, tol, seed = check_n_iter_max(n_iter_max), check_tol(tol), check_seed(seed)
         ops = self.check_dense(dense)
-        if init is None:
-            init = self._svd_init(dense, ops, seed)
-        else:
-            self.check_factors(init, argument="init")
-        return _als.fit_als(self, dense, init, n_iter_max=n_iter_max, tol=tol, ops=ops)
+        init = _als.check_init(self, init)
+
+        def solve(x):
+            start = self._svd_init(x, ops, seed) if init is None else _als.start_from(init, x, ops)
+            return _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops)[0]
+
+        return _als.fit_scaled(self, dense, solve, ops, carrier=self.factor_names)
 
     def _svd_init(self, dense, ops, seed):
         target = dense.reshape(tuple(self.sizes[c] for c in self._output))
@@ -124,7 +128,7 @@ class CP(StackedFormat):
             u, s = leading_left_vectors(unfolding, k, ops, with_values=True)
             columns = u * s ** (1.0 / len(self.factor_names))
             if k < self.rank:
-                factors[name] = ops.concatenate([columns, padding[name][:, k:]], axis=1)
+                factors[name] = ops.concatenate([columns, _als.convert(padding[name][:, k:], columns, ops)], axis=1)
             else:
                 factors[name] = columns
         return factors

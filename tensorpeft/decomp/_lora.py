@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import truncated_svd
-from ._validate import check_at_most, check_positive_int
+from ._validate import MAX_RANK, check_at_most, check_size
 
 __all__ = ["LoRA"]
 
@@ -47,7 +48,7 @@ class LoRA(StackedFormat):
 
     def __init__(self, stack, out_features, in_features, rank):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
-        rank = check_positive_int(rank, "rank")
+        rank = check_size(rank, "rank", MAX_RANK)
         check_at_most(rank, min(out_features, in_features), "rank", "min(out_features, in_features)")
         self.rank = rank
         s = fresh_letters(len(stack), avoid="oir")
@@ -74,14 +75,21 @@ class LoRA(StackedFormat):
     def fit(self, dense, **kwargs):
         """Best rank-r approximation of every slice (truncated SVD, Eckart-Young optimal).
 
-        Returns ``(factors, rel_err)``; extra keyword arguments are accepted and ignored.
+        Returns ``(factors, rel_err)``, ``rel_err`` the :meth:`relative_error` of the returned factors;
+        extra keyword arguments are accepted and ignored (``n_iter_max``, ``tol``, ``seed`` and ``init``
+        are checked). Any finite ``dense`` is fitted: the SVD runs on ``dense / 2**e`` (half precision
+        in float32) and ``2**e`` is split between ``A`` and ``B``.
         """
+        _als.check_fit_kwargs(self, kwargs)
         ops = self.check_dense(dense)
+        return _als.fit_scaled(self, dense, lambda x: self._svd(x, ops), ops, carrier=("A", "B"))
+
+    def _svd(self, dense, ops):
+        """Rank-r truncated SVD of every slice of ``dense`` (of moderate scale), as factors."""
         d = dense.reshape((self.num_slices, self.out_features, self.in_features))
         u, s, vt = truncated_svd(d, self.rank, ops)
         root = s**0.5
-        factors = {
+        return {
             "A": (root[..., :, None] * vt).reshape(self.factor_shapes["A"]),
             "B": (u * root[..., None, :]).reshape(self.factor_shapes["B"]),
         }
-        return factors, self.relative_error(dense, factors)

@@ -11,14 +11,29 @@ initial scales and, where it pays, a specialized fit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import islice
 
+import numpy as np
 import opt_einsum
 
 from . import _als
 from ._backend import ops_for, ops_named
 from ._contract import contract
-from ._validate import check_positive_int, normalize_index
+from ._validate import (
+    EINSUM_LETTERS,
+    MAX_RANK,
+    MAX_SIZE,
+    check_allocation,
+    check_index_letters,
+    check_n_iter_max,
+    check_seed,
+    check_size,
+    check_tol,
+    normalize_index,
+)
+
+_ASCII_LETTERS = "".join(opt_einsum.get_symbol(k) for k in range(EINSUM_LETTERS))  # a-z, A-Z
 
 __all__ = ["TensorNetwork"]
 
@@ -33,9 +48,30 @@ def _parse_equation(equation: str) -> tuple[list[str], str]:
     for term in [*inputs, out]:
         if len(set(term)) != len(term):
             raise ValueError(f"`equation` term {term!r} repeats an index; traces and diagonals are not formats.")
-        if not all(ch.isalpha() for ch in term):
-            raise ValueError(f"`equation` indices must be letters, got term {term!r}.")
+        if not all(ch in _ASCII_LETTERS for ch in term):
+            raise ValueError(f"`equation` indices must be letters, got term {term!r}; a-z and A-Z only, as in einsum.")
     return inputs, out
+
+
+def _check_index_string(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a str of index letters, got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def _check_factor_names(factor_names, count: int) -> tuple[str, ...]:
+    """``count`` distinct str names (default ``F0, F1, ...``); at most ``count + 1`` items are read."""
+    if factor_names is None:
+        return tuple(f"F{k}" for k in range(count))
+    expected = f"`factor_names` must be {count} distinct names (one per operand)"
+    if isinstance(factor_names, str | bytes) or not isinstance(factor_names, Iterable):
+        raise TypeError(f"{expected}, got {factor_names!r}.")
+    names = tuple(islice(factor_names, count + 1))
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{expected} of type str, got {names!r}.")
+    if len(names) != count or len(set(names)) != count:
+        raise ValueError(f"{expected}, got {names!r}.")
+    return names
 
 
 class TensorNetwork:
@@ -71,7 +107,13 @@ class TensorNetwork:
     ------
     ValueError
         If the equation is malformed, a letter has no positive size, or the stack/out/in split does not
-        match the equation's output.
+        match the equation's output. Sizes are bounded up front: a stack index and each feature size
+        (the product of its letters) at most ``2**31``, any other index (a rank) at most ``2**63 - 1``;
+        the equation may use at most 51 of einsum's 52 letters ``a-z``, ``A-Z`` (:meth:`apply` adds
+        one for the batch). Built-in formats check the same bounds on their own arguments.
+    TypeError
+        If ``sizes`` is not a mapping, the index strings are not str, or ``factor_names`` is not a
+        collection of str.
 
     Examples
     --------
@@ -91,6 +133,9 @@ class TensorNetwork:
     True
     """
 
+    #: The argument named when the factors of :meth:`random`/:meth:`init` would not fit in memory.
+    _size_argument = "sizes"
+
     def __init__(
         self,
         equation: str,
@@ -106,10 +151,16 @@ class TensorNetwork:
         if not isinstance(sizes, Mapping):
             raise TypeError(f"`sizes` must be a mapping from index letter to size, got {type(sizes).__name__}.")
         letters = set("".join(inputs)) | set(output)
-        missing = sorted(letters - set(sizes))
+        check_index_letters(len(letters), "equation")
+        missing = sorted(c for c in letters if c not in sizes)
         if missing:
             raise ValueError(f"`sizes` has no size for indices {missing} of `equation`={equation!r}.")
-        self.sizes = {k: check_positive_int(sizes[k], f"sizes[{k!r}]") for k in sorted(letters)}
+        for name, value in (("stack_indices", stack_indices), ("out_indices", out_indices), ("in_indices", in_indices)):
+            _check_index_string(value, name)
+        # stack and feature letters are sizes of the dense update (<= 2**31), the others ranks (<= 2**63 - 1)
+        self.sizes = {
+            k: check_size(sizes[k], f"sizes[{k!r}]", MAX_SIZE if k in output else MAX_RANK) for k in sorted(letters)
+        }
         if stack_indices + out_indices + in_indices != output:
             raise ValueError(
                 f"`stack_indices`+`out_indices`+`in_indices` = {stack_indices + out_indices + in_indices!r} "
@@ -117,19 +168,17 @@ class TensorNetwork:
             )
         if not out_indices or not in_indices:
             raise ValueError("`out_indices` and `in_indices` must each name at least one output index.")
+        for name, value in (("out_indices", out_indices), ("in_indices", in_indices)):
+            features = math.prod(self.sizes[c] for c in value)
+            if features > MAX_SIZE:
+                raise ValueError(f"`{name}`={value!r} gives {features:,} features; at most {MAX_SIZE:,} (2**31).")
         orphans = sorted(set(output) - set("".join(inputs)))
         if orphans:
             raise ValueError(f"output indices {orphans} of `equation` appear in no factor.")
-        if factor_names is None:
-            factor_names = tuple(f"F{k}" for k in range(len(inputs)))
-        factor_names = tuple(factor_names)
-        if len(factor_names) != len(inputs) or len(set(factor_names)) != len(factor_names):
-            raise ValueError(
-                f"`factor_names` must be {len(inputs)} distinct names (one per operand), got {factor_names!r}."
-            )
+        factor_names = _check_factor_names(factor_names, len(inputs))
         if zero_factor is None:
             zero_factor = factor_names[-1]
-        if zero_factor not in factor_names:
+        if not isinstance(zero_factor, str) or zero_factor not in factor_names:
             raise ValueError(f"`zero_factor` must be one of {factor_names}, got {zero_factor!r}.")
 
         self.equation = f"{','.join(inputs)}->{output}"
@@ -218,18 +267,31 @@ class TensorNetwork:
         Parameters
         ----------
         seed : int
-            Seed of the generator (numpy ``default_rng`` or ``torch.Generator``).
+            Seed of the generator (numpy ``default_rng`` or ``torch.Generator``): a non-negative integer
+            (Python or numpy) up to ``2**63 - 1``, the same range on both backends. Bools, floats,
+            negative numbers and ``None`` are refused.
         backend : {"numpy", "torch"}
             Array library of the returned factors.
         dtype : optional
-            Default: float64 for numpy, ``torch.get_default_dtype()`` for torch.
+            A floating dtype (numpy, torch or a name such as ``"float32"``): float16, float32 or float64
+            for numpy, also bfloat16 for torch; a torch dtype is accepted for numpy by name. Default:
+            float64 for numpy, ``torch.get_default_dtype()`` for torch. Half precision is drawn in a
+            wider float and rounded.
 
         Returns
         -------
         dict[str, array]
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming `seed`, `backend` or `dtype` when one is not as above; a ValueError when the factors
+            would not fit in memory (before anything is allocated).
         """
+        seed = check_seed(seed)
         ops = ops_named(backend)
         dtype = ops.resolve_dtype(dtype)
+        check_allocation(self.num_params, ops.itemsize(dtype), self._size_argument)
         gen = ops.generator(seed)
         return {n: ops.normal(gen, s, self.init_std(n), dtype) for n, s in self.factor_shapes.items()}
 
@@ -276,8 +338,16 @@ class TensorNetwork:
 
     # ------------------------------------------------------------------ dense and apply
     def to_dense(self, factors):
-        """Materialize ΔW, an array of :attr:`shape` in the factors' backend and dtype."""
+        """Materialize ΔW, an array of :attr:`shape` in the factors' backend and dtype.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`check_factors`; a ValueError when ΔW would not fit in memory (before it is allocated).
+        """
         ops = self.check_factors(factors)
+        dtype = ops.dtype_of(factors[self.factor_names[0]])
+        check_allocation(math.prod(self.shape), ops.itemsize(dtype), "factors")
         dense = contract(self.equation, *(factors[n] for n in self.factor_names), ops=ops)
         return dense.reshape(self.shape)
 
@@ -314,13 +384,18 @@ class TensorNetwork:
 
         Raises
         ------
+        TypeError
+            If ``x`` is not a real array of the factors' library (torch: of their dtype, outside autocast).
         ValueError
-            If ``x`` has the wrong last dimension or ``index`` is out of range.
+            If ``x`` has the wrong last dimension, ``index`` is out of range, or the result would not fit
+            in memory.
         """
         ops = self.check_factors(factors)
         x_ops = ops_for(x, argument="x")
         if x_ops.name != ops.name:
             raise TypeError(f"`x` is a {x_ops.name} array but the factors are {ops.name} arrays.")
+        if not (ops.is_floating(x) or (ops.name == "numpy" and np.issubdtype(x.dtype, np.integer))):
+            raise TypeError(f"`x` must be a real (floating or, for numpy, integer) array, got dtype {x.dtype}.")
         factor_dtype = ops.dtype_of(factors[self.factor_names[0]])
         if ops.name == "torch" and x.dtype != factor_dtype and not ops.autocast_enabled(x):
             # torch would fail deep inside einsum (outside autocast); numpy promotes, as numpy users expect
@@ -330,6 +405,10 @@ class TensorNetwork:
                 f"`x` must have last dimension `in_features`={self.in_features}, got shape {tuple(x.shape)}."
             )
         lead = tuple(x.shape[:-1])
+        if index is not None:
+            index = normalize_index(index, self.stack)
+        slices = self.num_slices if index is None else 1
+        check_allocation(math.prod(lead) * slices * self.out_features, ops.itemsize(factor_dtype), "x")
         x2 = x.reshape((math.prod(lead), *(self.sizes[c] for c in self.in_indices)))
         batch = opt_einsum.get_symbol(_first_free_symbol(self.sizes))
         if index is None:
@@ -337,7 +416,7 @@ class TensorNetwork:
             out_terms = self.stack_indices + batch + self.out_indices
             out_shape = (*self.stack, *lead, self.out_features)
         else:
-            terms, arrays = self._sliced(factors, normalize_index(index, self.stack))
+            terms, arrays = self._sliced(factors, index)
             out_terms = batch + self.out_indices
             out_shape = (*lead, self.out_features)
         equation = f"{','.join([*terms, batch + self.in_indices])}->{out_terms}"
@@ -379,23 +458,46 @@ class TensorNetwork:
         Returns
         -------
         factors : dict
-            In the backend and dtype of ``dense``.
+            In the backend and dtype of ``dense`` (half precision computed in float32). Any finite
+            ``dense`` is fitted: beyond ``2**±12`` the sweeps run on ``dense / 2**e``, its largest entry
+            in ``[0.5, 1)``, and the scale is spread back over the factors by powers of two.
         rel_err : float
-            ``‖dense - to_dense(factors)‖ / ‖dense‖``.
+            ``‖dense - to_dense(factors)‖ / ‖dense‖`` of the returned factors (:meth:`relative_error`).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the argument: `dense` of the wrong shape or with NaN or infinite entries, `init`
+            malformed or not finite, `n_iter_max` not an integer >= 0, `tol` not a finite number >= 0,
+            `seed` not a non-negative integer.
         """
+        n_iter_max, tol, seed = check_n_iter_max(n_iter_max), check_tol(tol), check_seed(seed)
         ops = self.check_dense(dense)
-        if init is None:
-            init = self.random(seed=seed, backend=ops.name, dtype=ops.dtype_of(dense))
-        else:
-            self.check_factors(init, argument="init")
-        return _als.fit_als(self, dense, init, n_iter_max=n_iter_max, tol=tol, ops=ops)
+        init = _als.check_init(self, init)
+
+        def solve(x):
+            if init is None:
+                start = self.random(seed=seed, backend=ops.name, dtype=ops.dtype_of(x))
+            else:
+                start = _als.start_from(init, x, ops)
+            return _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops)[0]
+
+        return _als.fit_scaled(self, dense, solve, ops, carrier=self.factor_names)
 
     def relative_error(self, dense, factors) -> float:
-        """``‖dense - to_dense(factors)‖ / ‖dense‖`` (0 for a zero ``dense`` reconstructed exactly)."""
+        """``‖dense - to_dense(factors)‖ / ‖dense‖`` (``‖to_dense(factors)‖`` for a zero ``dense``).
+
+        Computed at least in float32 (half-precision arrays are widened) and free of over- and underflow:
+        the arrays are scaled by powers of two before any product or square, so any finite ``dense``
+        and ``factors`` give the error the formula has in exact range.
+        """
         ops = self.check_dense(dense)
-        err = ops.norm(dense - self.to_dense(factors))
-        ref = ops.norm(dense)
-        return err / ref if ref > 0 else err
+        factor_ops = self.check_factors(factors)
+        if factor_ops.name != ops.name:
+            raise TypeError(
+                f"`dense` is a {ops.name} array but `factors` are {factor_ops.name} arrays; use one library."
+            )
+        return _als.relative_error(self, dense, factors, ops)
 
 
 def _first_free_symbol(sizes) -> int:
@@ -405,12 +507,12 @@ def _first_free_symbol(sizes) -> int:
     return k
 
 
-def fresh_letters(count: int, avoid: str) -> str:
-    """``count`` einsum letters not in ``avoid`` (readable lower-case first)."""
-    letters, k = [], 0
-    while len(letters) < count:
-        s = opt_einsum.get_symbol(k)
-        k += 1
-        if s not in avoid and s not in letters:
-            letters.append(s)
-    return "".join(letters)
+def fresh_letters(count: int, avoid: str, name: str = "stack") -> str:
+    """``count`` einsum letters (a-z, A-Z) not in ``avoid``, readable lower-case first.
+
+    Raises ValueError naming ``name`` (the argument the count comes from) when the format's letters,
+    these and ``avoid``, would be more than a format may use (:data:`._validate.MAX_FORMAT_LETTERS`).
+    """
+    check_index_letters(count + len(set(avoid)), name)
+    free = [c for c in _ASCII_LETTERS if c not in avoid]
+    return "".join(free[:count])

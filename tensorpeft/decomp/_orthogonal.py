@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from . import _als
+from ._backend import ops_named
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import truncated_svd
-from ._validate import check_at_most, check_positive_int
+from ._validate import MAX_RANK, check_at_most, check_size
 
 __all__ = ["OrthogonalProjection"]
 
@@ -54,8 +56,8 @@ class OrthogonalProjection(StackedFormat):
 
     def __init__(self, stack, out_features, in_features, rank, inner=None):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
-        self.rank = check_positive_int(rank, "rank")
-        self.inner = self.rank if inner is None else check_positive_int(inner, "inner")
+        self.rank = check_size(rank, "rank", MAX_RANK)
+        self.inner = self.rank if inner is None else check_size(inner, "inner", MAX_RANK)
         check_at_most(self.rank, self.inner, "rank", "`inner`")
         check_at_most(self.inner, min(out_features, in_features), "inner", "min(out_features, in_features)")
         s = fresh_letters(len(stack), avoid="okrji")
@@ -94,8 +96,15 @@ class OrthogonalProjection(StackedFormat):
         return 1.0
 
     def random(self, seed: int = 0, backend: str = "numpy", dtype=None) -> dict:
-        """Orthonormal planes and a random non-zero λ."""
-        return self.retract(super().random(seed=seed, backend=backend, dtype=dtype), keep_delta=False)
+        """Orthonormal planes and a random non-zero λ (arguments as :meth:`TensorNetwork.random`).
+
+        Half precision is drawn and orthonormalized in float32 (neither library has a QR in it), then rounded.
+        """
+        ops = ops_named(backend)
+        dtype = ops.resolve_dtype(dtype)
+        work = ops.working_dtype(dtype)
+        factors = self.retract(super().random(seed=seed, backend=backend, dtype=work), keep_delta=False)
+        return factors if work == dtype else {n: ops.cast(a, dtype) for n, a in factors.items()}
 
     def orthogonality_penalty(self, factors) -> dict:
         r"""Frobenius penalties, summed over the stack, that are zero exactly on orthonormal planes.
@@ -134,6 +143,13 @@ class OrthogonalProjection(StackedFormat):
         it, each plane is replaced by the Q of its QR decomposition and λ is kept.
         """
         ops = self.check_factors(factors)
+        if not isinstance(keep_delta, bool):
+            raise TypeError(f"`keep_delta` must be True or False, got {keep_delta!r} ({type(keep_delta).__name__}).")
+        dtype = ops.dtype_of(factors["U1"])
+        work = ops.working_dtype(dtype)
+        if work != dtype:  # QR and SVD need float32 at least: retract there, return the factors' own dtype
+            wide = {n: ops.cast(v, work) for n, v in factors.items()}
+            return {n: ops.cast(v, dtype) for n, v in self.retract(wide, keep_delta).items()}
         U1, U2, lam, V2, V1 = (factors[n] for n in self.factor_names)
         tr = ops.swapaxes
         qu, ru = ops.qr(U1)
@@ -157,9 +173,22 @@ class OrthogonalProjection(StackedFormat):
     def fit(self, dense, **kwargs):
         """Best rank-r approximation per slice (truncated SVD), returned with orthonormal planes.
 
-        Returns ``(factors, rel_err)``; extra keyword arguments are accepted and ignored.
+        Returns ``(factors, rel_err)``, ``rel_err`` the :meth:`relative_error` of the returned factors;
+        extra keyword arguments are accepted and ignored (``n_iter_max``, ``tol``, ``seed`` and ``init``
+        are checked). Any finite ``dense`` is fitted: the SVD runs on ``dense / 2**e`` (half precision
+        in float32) and ``2**e`` goes on ``lambda``, the planes staying orthonormal.
+
+        Raises
+        ------
+        ValueError
+            Naming `dense` if its singular values overflow its dtype (entries near the dtype's maximum).
         """
+        _als.check_fit_kwargs(self, kwargs)
         ops = self.check_dense(dense)
+        return _als.fit_scaled(self, dense, lambda x: self._svd(x, ops), ops, carrier=("lambda",), fixed=True)
+
+    def _svd(self, dense, ops):
+        """Truncated SVD of every slice of ``dense`` (of moderate scale), as factors with orthonormal planes."""
         d = dense.reshape((self.num_slices, self.out_features, self.in_features))
         u, s, vt = truncated_svd(d, self.inner, ops)
         dtype = ops.dtype_of(dense)
@@ -177,4 +206,4 @@ class OrthogonalProjection(StackedFormat):
             ).reshape(self.factor_shapes["V2"]),
             "V1": vt.reshape((*stack, self.inner, self.in_features)),
         }
-        return factors, self.relative_error(dense, factors)
+        return factors

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 
 from ._cp import CP
 from ._lora import LoRA
@@ -26,7 +27,7 @@ from ._orthogonal import OrthogonalProjection
 from ._stacked import StackedFormat
 from ._tt import TensorTrain
 from ._tucker2 import Tucker2
-from ._validate import check_positive_int, check_shape_tuple
+from ._validate import MAX_RANK, check_positive_int, check_size, check_size_tuple
 
 __all__ = ["BudgetError", "Comparison", "ComparisonRow", "compare", "rank_for_budget"]
 
@@ -98,7 +99,8 @@ def rank_for_budget(format_cls, budget, **kwargs):
     ------
     TypeError
         If ``budget`` is not an integer, ``rank`` is passed, or ``format_cls`` is not a format class
-        with the hooks (or the :class:`TensorNetwork` constructor).
+        with the hooks (or the :class:`TensorNetwork` constructor), or a hook returns something else
+        (``_from_scale`` a non-format, ``_max_scale`` a non-integer).
     ValueError
         If ``budget < 1``, or if even rank 1 exceeds it (a :class:`BudgetError` naming the smallest
         format's parameter count), or if the constructor rejects ``kwargs``.
@@ -109,7 +111,10 @@ def rank_for_budget(format_cls, budget, **kwargs):
     assuming ``num_params`` does not decrease as ``s`` grows (true of every built-in format, and of any
     network whose rank letters appear in its factors). Unbounded formats (CP, a network without
     ``max_rank``) search :math:`[1, \text{budget}]`, enough because a rank letter in a factor costs at
-    least one parameter per unit of rank. Counts per format:
+    least one parameter per unit of rank. Every bound is capped at ``2**63 - 1``, the largest rank of an
+    index, so the search takes at most 64 steps for any format and any budget (a custom format whose
+    count stops growing with the scale included), and the largest format is tried first: a budget
+    above it is answered at once. Counts per format:
 
     - LoRA :math:`\prod(\text{stack})\, r (d_\text{in} + d_\text{out})`;
     - Tucker-2 :math:`r_\text{out} d_\text{out} + r_\text{in} d_\text{in}
@@ -162,24 +167,51 @@ def rank_for_budget(format_cls, budget, **kwargs):
             "(for Tucker2, fix one side with `rank_out=` or `rank_in=`)."
         )
     build, bound = _hooks(format_cls, kwargs)
-    smallest = build(1)  # validates kwargs through the constructor before any bound is computed
+    smallest = _check_built(build(1), format_cls)  # validates kwargs through the constructor before any bound
     if smallest.num_params > budget:
         raise BudgetError(
             f"`budget`={budget} is below the {smallest.num_params} parameters of the smallest "
             f"{format_cls.__name__} (rank 1).",
             smallest,
         )
-    hi = bound()
-    hi = budget if hi is None else hi
+    hi = _check_bound(bound(), format_cls)
+    hi = min(budget if hi is None else hi, MAX_RANK)
+    if hi > 1:
+        largest = _check_built(build(hi), format_cls)
+        if largest.num_params <= budget:  # e.g. a huge budget: the largest format, at once
+            return largest
+        hi -= 1
     lo, best = 1, smallest  # invariant: build(lo).num_params <= budget
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        candidate = build(mid)
+        candidate = _check_built(build(mid), format_cls)
         if candidate.num_params <= budget:
             lo, best = mid, candidate
         else:
             hi = mid - 1
     return best
+
+
+def _check_bound(hi, format_cls):
+    """The ``_max_scale`` of a format: None or a positive int (TypeError/ValueError naming `format_cls` otherwise)."""
+    if hi is None:
+        return None
+    if isinstance(hi, bool) or not isinstance(hi, numbers.Integral):
+        raise TypeError(
+            f"`format_cls`={format_cls.__name__}: `_max_scale` must return a positive int or None, got {hi!r}."
+        )
+    if hi < 1:
+        raise ValueError(f"`format_cls`={format_cls.__name__}: `_max_scale` must be at least 1, got {hi!r}.")
+    return int(hi)
+
+
+def _check_built(fmt, format_cls):
+    """The format a ``_from_scale`` hook built, which must be a TensorNetwork with an int ``num_params``."""
+    if not isinstance(fmt, TensorNetwork):
+        raise TypeError(
+            f"`format_cls`={format_cls.__name__}: `_from_scale` must return a format, got {type(fmt).__name__}."
+        )
+    return fmt
 
 
 def _hooks(format_cls, kwargs):
@@ -210,6 +242,8 @@ def _network_hooks(format_cls, kwargs):
         )
     if max_rank is not None:
         max_rank = check_positive_int(max_rank, "max_rank")
+    if not isinstance(kwargs.get("sizes", {}), Mapping):
+        raise TypeError(f"`sizes` must be a mapping from index letter to size, got {type(kwargs['sizes']).__name__}.")
     equation = kwargs.get("equation")
     output = equation.replace(" ", "").split("->")[-1] if isinstance(equation, str) else ""
     letters = set(equation) if isinstance(equation, str) else set()
@@ -461,9 +495,9 @@ def compare(
     'does not fit: rank 1 needs 36,864 params'
     """
     budget = check_budget(budget)
-    stack = check_shape_tuple(stack, "stack")
-    out_features = check_positive_int(out_features, "out_features")
-    in_features = check_positive_int(in_features, "in_features")
+    stack = check_size_tuple(stack, "stack")
+    out_features = check_size(out_features, "out_features")
+    in_features = check_size(in_features, "in_features")
     common = {"stack": stack, "out_features": out_features, "in_features": in_features}
     extra = {
         CP: {"heads": heads},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._network import TensorNetwork
-from ._validate import check_positive_int, check_shape_tuple
+from ._validate import check_size, check_size_tuple
 
 __all__ = ["StackedFormat"]
 
@@ -15,10 +15,13 @@ class StackedFormat(TensorNetwork):
     constructor arguments are readable as attributes of the same name, normalized.
     """
 
+    _size_argument = "rank"
+
     def _check_common(self, stack, out_features, in_features):
-        stack = check_shape_tuple(stack, "stack")
-        out_features = check_positive_int(out_features, "out_features")
-        in_features = check_positive_int(in_features, "in_features")
+        """Stack sizes and feature sizes as Python ints in ``[1, 2**31]`` (at most 51 stack modes)."""
+        stack = check_size_tuple(stack, "stack")
+        out_features = check_size(out_features, "out_features")
+        in_features = check_size(in_features, "in_features")
         return stack, out_features, in_features
 
     def _args(self) -> dict:  # constructor arguments, for repr/eq

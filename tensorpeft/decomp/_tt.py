@@ -10,7 +10,16 @@ import numpy as np
 from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
-from ._validate import check_modes, check_positive_int
+from ._validate import (
+    MAX_RANK,
+    check_index_letters,
+    check_modes,
+    check_n_iter_max,
+    check_positive_int,
+    check_seed,
+    check_size,
+    check_tol,
+)
 
 __all__ = ["TensorTrain", "balanced_modes"]
 
@@ -18,8 +27,10 @@ __all__ = ["TensorTrain", "balanced_modes"]
 def prime_factors(n: int) -> list[int]:
     """The prime factors of ``n >= 1`` in increasing order, with multiplicity (``[]`` for 1).
 
-    Trial division: the sizes factorized here are feature dimensions (at most ~10⁶).
+    Trial division: the sizes factorized here are feature dimensions, at most ``MAX_SIZE`` (2**31), so at
+    most ~46,000 trial divisors; ``n`` is checked against that bound (a ValueError naming `n`).
     """
+    n = check_size(n, "n")
     primes, m, p = [], n, 2
     while p * p <= m:
         while m % p == 0:
@@ -41,9 +52,14 @@ def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
     Parameters
     ----------
     n : int
-        The positive integer to factor.
+        The positive integer to factor, at most ``2**31`` (the largest feature size of a format).
     n_modes : int, optional
-        Number of modes to aim for (fewer when ``n`` has too few prime factors).
+        Number of modes to aim for, a positive integer (fewer when ``n`` has too few prime factors).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming `n` or `n_modes` when one is not a positive integer, or `n` is above ``2**31``.
 
     Returns
     -------
@@ -57,12 +73,13 @@ def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
     >>> balanced_modes(3072, 2)
     (64, 48)
     """
-    n = check_positive_int(n, "n")
+    n = check_size(n, "n")
     if n_modes is None:
         n_modes = max(1, math.ceil(math.log(n) / math.log(12))) if n > 1 else 1
     n_modes = check_positive_int(n_modes, "n_modes")
-    modes = [1] * n_modes
-    for q in sorted(prime_factors(n), reverse=True):
+    primes = prime_factors(n)
+    modes = [1] * min(n_modes, max(len(primes), 1))  # more modes than prime factors would stay at 1
+    for q in sorted(primes, reverse=True):
         modes[modes.index(min(modes))] *= q
     return tuple(sorted((x for x in modes if x > 1), reverse=True)) or (1,)
 
@@ -77,9 +94,9 @@ class TensorTrain(StackedFormat):
     out_features, in_features : int
         Matrix shape ``d_out × d_in``.
     rank : int or tuple of int
-        Bond ranks. An int is used for every bond, capped at that bond's bound; a tuple gives each of
-        the ``K − 1`` inner bonds explicitly and must respect the bounds: bond ``k`` is at most
-        ``min(prod of the modes left of it, prod of the modes right of it)``.
+        Bond ranks. An int is used for every bond, capped at that bond's bound (and at ``2**63 - 1``); a
+        tuple gives each of the ``K − 1`` inner bonds explicitly and must respect the bounds: bond ``k``
+        is at most ``min(prod of the modes left of it, prod of the modes right of it)``.
     in_modes, out_modes : tuple of int, optional
         Factorizations of ``in_features`` and ``out_features`` (products must match); default
         :func:`balanced_modes`, descending for the input and ascending for the output so that the big
@@ -116,9 +133,14 @@ class TensorTrain(StackedFormat):
             out_modes = tuple(reversed(balanced_modes(out_features)))
         self.in_modes = check_modes(in_modes, in_features, "in_modes", "in_features")
         self.out_modes = check_modes(out_modes, out_features, "out_modes", "out_features")
+        if not isinstance(share_stack, bool | np.bool_):
+            raise TypeError(f"`share_stack` must be True or False, got {share_stack!r} ({type(share_stack).__name__}).")
         self.share_stack = bool(share_stack)
         train = (*stack, *self.in_modes, *self.out_modes) if self.share_stack else (*self.in_modes, *self.out_modes)
-        bounds = [min(math.prod(train[: k + 1]), math.prod(train[k + 1 :])) for k in range(len(train) - 1)]
+        # letters: the stack, the input and output modes, and the len(train) + 1 bonds
+        letters = len(stack) + len(self.in_modes) + len(self.out_modes) + len(train) + 1
+        check_index_letters(letters, "stack` + `in_modes` + `out_modes")
+        bounds = [min(math.prod(train[: k + 1]), math.prod(train[k + 1 :]), MAX_RANK) for k in range(len(train) - 1)]
         self.rank = self._check_rank(rank, bounds)
 
         s = fresh_letters(len(stack), avoid="")
@@ -152,7 +174,7 @@ class TensorTrain(StackedFormat):
             raise ValueError(f"`rank` must have {len(bounds)} bond ranks (one per inner bond), got {len(rank)}.")
         out = []
         for k, (r, bound) in enumerate(zip(rank, bounds, strict=True)):
-            r = check_positive_int(r, f"rank[{k}]")
+            r = check_size(r, f"rank[{k}]", MAX_RANK)
             if r > bound:
                 raise ValueError(
                     f"`rank[{k}]`={r} exceeds the bound {bound} of bond {k} "
@@ -171,7 +193,7 @@ class TensorTrain(StackedFormat):
 
     @classmethod
     def _max_scale(cls, **kwargs):
-        return cls(rank=10**9, **kwargs)._max_rank()
+        return cls(rank=MAX_RANK, **kwargs)._max_rank()
 
     def _max_rank(self) -> int:
         return max(self.rank)
@@ -187,35 +209,51 @@ class TensorTrain(StackedFormat):
     def fit(self, dense, *, init=None, n_iter_max: int = 0, tol: float = 1e-12, seed: int = 0):
         """TT-SVD (TensorLy's ``tensor_train``) per train, then ``n_iter_max`` optional ALS sweeps.
 
-        Returns ``(factors, rel_err)``.
+        Returns ``(factors, rel_err)``, ``rel_err`` the :meth:`relative_error` of the returned factors.
+        Any finite ``dense`` is fitted: the TT-SVD (in float64) and the sweeps run on ``dense / 2**e`` and
+        the scale goes back on the last core (where TT-SVD leaves the norm; the others stay
+        left-orthonormal) unless that core would leave the range of the dtype, then on all cores. Half
+        precision is computed in float32. With ``init`` and ``n_iter_max=0``, ``init`` is returned as it
+        is (in ``dense``'s backend and dtype).
         """
+        n_iter_max, tol, seed = check_n_iter_max(n_iter_max), check_tol(tol), check_seed(seed)
+        ops = self.check_dense(dense)
+        init = _als.check_init(self, init)
+        if init is not None and n_iter_max == 0:
+            like = _als.detach(dense, ops)
+            factors = {n: _als.convert(v, like, ops) for n, v in init.items()}
+            return factors, self.relative_error(dense, factors)
+
+        def solve(x):
+            start = self._tt_svd(x, ops) if init is None else _als.start_from(init, x, ops)
+            if n_iter_max == 0:
+                return start
+            return _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops)[0]
+
+        return _als.fit_scaled(self, dense, solve, ops, carrier=(self.factor_names[-1],))
+
+    def _tt_svd(self, dense, ops):
+        """TT-SVD of every train of ``dense`` (of moderate scale), in float64; cores like ``dense``."""
         from tensorly.decomposition import tensor_train
 
-        ops = self.check_dense(dense)
-        if init is None:
-            p = len(self.stack)
-            out_modes, in_modes = len(self.out_modes), len(self.in_modes)
-            target = ops.to_numpy(dense).astype(np.float64)
-            target = target.reshape((*self.stack, *self.out_modes, *self.in_modes))
-            feature_order = [p + out_modes + k for k in range(in_modes)] + [p + k for k in range(out_modes)]
-            target = target.transpose([*range(p), *feature_order])
-            ranks = [1, *self.rank, 1]
-            if self.share_stack:
-                cores = list(tensor_train(target, rank=ranks).factors)
-            else:
-                trains = [tensor_train(t, rank=ranks).factors for t in target.reshape((-1, *target.shape[p:]))]
-                cores = [
-                    np.stack([tr[k] for tr in trains]).reshape((*self.stack, *trains[0][k].shape))
-                    for k in range(len(ranks) - 1)
-                ]
-            # TT-SVD caps a bond at r_{k-1}·n_k, which may be below a valid requested rank: zero-pad.
-            cores = [_pad(c, shape) for c, shape in zip(cores, self.factor_shapes.values(), strict=True)]
-            init = {n: ops.asarray(c, like=dense) for n, c in zip(self.factor_names, cores, strict=True)}
+        p = len(self.stack)
+        out_modes, in_modes = len(self.out_modes), len(self.in_modes)
+        target = ops.to_numpy(dense).astype(np.float64)
+        target = target.reshape((*self.stack, *self.out_modes, *self.in_modes))
+        feature_order = [p + out_modes + k for k in range(in_modes)] + [p + k for k in range(out_modes)]
+        target = target.transpose([*range(p), *feature_order])
+        ranks = [1, *self.rank, 1]
+        if self.share_stack:
+            cores = list(tensor_train(target, rank=ranks).factors)
         else:
-            self.check_factors(init, argument="init")
-        if n_iter_max <= 0:
-            return init, self.relative_error(dense, init)
-        return _als.fit_als(self, dense, init, n_iter_max=n_iter_max, tol=tol, ops=ops)
+            trains = [tensor_train(t, rank=ranks).factors for t in target.reshape((-1, *target.shape[p:]))]
+            cores = [
+                np.stack([tr[k] for tr in trains]).reshape((*self.stack, *trains[0][k].shape))
+                for k in range(len(ranks) - 1)
+            ]
+        # TT-SVD caps a bond at r_{k-1}·n_k, which may be below a valid requested rank: zero-pad.
+        cores = [_pad(c, shape) for c, shape in zip(cores, self.factor_shapes.values(), strict=True)]
+        return {n: ops.asarray(c, like=dense) for n, c in zip(self.factor_names, cores, strict=True)}
 
 
 def _pad(core, shape):

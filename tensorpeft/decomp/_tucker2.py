@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numbers
 
+from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import leading_left_vectors
-from ._validate import check_at_most, check_positive_int
+from ._validate import MAX_RANK, check_at_most, check_n_iter_max, check_size, check_tol
 
 __all__ = ["Tucker2"]
 
@@ -54,8 +55,8 @@ class Tucker2(StackedFormat):
             rank = (rank, rank)
         if not isinstance(rank, tuple | list) or len(rank) != 2:
             raise TypeError(f"`rank` must be an int or a pair (r_out, r_in), got {rank!r}.")
-        r_out = check_positive_int(rank[0], "rank[0]")
-        r_in = check_positive_int(rank[1], "rank[1]")
+        r_out = check_size(rank[0], "rank[0]", MAX_RANK)
+        r_in = check_size(rank[1], "rank[1]", MAX_RANK)
         check_at_most(r_out, out_features, "rank[0]", "`out_features`")
         check_at_most(r_in, in_features, "rank[1]", "`in_features`")
         self.rank = (r_out, r_in)
@@ -104,18 +105,26 @@ class Tucker2(StackedFormat):
         passes over ``dense`` (``W_s B`` and ``Aᵀ W_s``; the core reuses the second) and two float64
         eigendecompositions of ``S r × S r`` Gram matrices (or ``d × d`` when smaller), never an SVD
         of an unfolding of the whole stack. ``n_iter_max`` is the maximum number of sweeps (at least
-        one is made); stop when a sweep improves the relative error by less than ``tol``.
+        one is made); stop when a sweep improves the relative error by less than ``tol``. Other keyword
+        arguments (``seed``, ``init``) are checked and ignored. Any finite ``dense`` is fitted (the sweeps
+        run on ``dense / 2**e``, half precision in float32); the scale goes back on ``G`` (``A`` and ``B``
+        keep orthonormal columns) unless ``G`` would leave the range of the dtype, then on all three.
 
-        Returns ``(factors, rel_err)``.
+        Returns ``(factors, rel_err)``, ``rel_err`` the :meth:`relative_error` of the returned factors.
         """
+        n_iter_max, tol = check_n_iter_max(n_iter_max), check_tol(tol)
+        _als.check_fit_kwargs(self, kwargs)
         ops = self.check_dense(dense)
+        return _als.fit_scaled(self, dense, lambda x: self._hooi(x, n_iter_max, tol, ops), ops, carrier=("G",))
+
+    def _hooi(self, dense, n_iter_max, tol, ops):
+        """HOSVD start and HOOI sweeps on ``dense`` (of moderate scale); return the factors."""
         r_out, r_in = self.rank
         S, m, n = self.num_slices, self.out_features, self.in_features
         W = dense.reshape((S, m, n))
         total = ops.norm(W) ** 2
         if total == 0:
-            factors = {n: ops.zeros(s, ops.dtype_of(dense), like=dense) for n, s in self.factor_shapes.items()}
-            return factors, 0.0
+            return {n: ops.zeros(s, ops.dtype_of(dense), like=dense) for n, s in self.factor_shapes.items()}
 
         # HOSVD start: leading subspace of Σ_s W_sᵀ W_s, the right vectors of the (S·m × n) unfolding.
         B = leading_left_vectors(W.reshape((S * m, n)).T, r_in, ops)
@@ -132,8 +141,7 @@ class Tucker2(StackedFormat):
                 err = new_err
                 break
             err = new_err
-        factors = {"A": A, "G": G.reshape(self.factor_shapes["G"]), "B": B}
-        return factors, self.relative_error(dense, factors)
+        return {"A": A, "G": G.reshape(self.factor_shapes["G"]), "B": B}
 
 
 def _cat(Y, ops):

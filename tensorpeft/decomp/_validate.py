@@ -6,14 +6,27 @@ Every message names the argument in backticks, what was expected and what came.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
+from itertools import islice
 from math import prod
 
 __all__ = [
+    "EINSUM_LETTERS",
+    "MAX_FORMAT_LETTERS",
+    "MAX_RANK",
+    "MAX_SEED",
+    "MAX_SIZE",
+    "check_allocation",
     "check_at_most",
+    "check_backend",
+    "check_index_letters",
     "check_modes",
     "check_positive_int",
+    "check_seed",
     "check_shape_tuple",
+    "check_size",
+    "check_size_tuple",
     "normalize_index",
 ]
 
@@ -55,7 +68,7 @@ def check_at_most(value: int, bound: int, name: str, what: str) -> None:
 
 def check_modes(modes, features: int, name: str, features_name: str) -> tuple[int, ...]:
     """Validate a factorization of ``features`` into modes (product must match exactly)."""
-    modes = check_shape_tuple(modes, name)
+    modes = check_size_tuple(modes, name)
     if not modes:
         raise ValueError(f"`{name}` must have at least one mode, got ().")
     if prod(modes) != features:
@@ -82,3 +95,120 @@ def normalize_index(index, stack: tuple[int, ...]) -> tuple[int, ...]:
             raise ValueError(f"`index[{k}]`={i} is out of range for stack mode of size {n}.")
         out.append(int(i) % n)
     return tuple(out)
+
+
+def physical_memory_bytes() -> int | None:
+    """Bytes of physical memory of this machine, or ``None`` where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def check_allocation(n_scalars: int, itemsize: int, name: str, available: int | None = None) -> None:
+    """Raise ValueError if ``n_scalars`` elements of ``itemsize`` bytes cannot fit in memory.
+
+    Called before anything is allocated, so that a huge rank or size is a clear error naming the argument
+    (``name``), not an allocator failure, an overflow or a machine that starts swapping. ``available``
+    defaults to this machine's physical memory (pass a device's memory for an accelerator).
+    """
+    limit = physical_memory_bytes() if available is None else available
+    if limit is None:
+        limit = 2**62
+    needed = int(n_scalars) * int(itemsize)
+    if needed > limit:
+        raise ValueError(
+            f"`{name}` asks for {n_scalars:,} scalars ({needed / 2**30:,.1f} GiB), more than the "
+            f"{limit / 2**30:,.1f} GiB of memory available; choose a smaller value."
+        )
+
+
+#: Largest size of one index (a stack mode, a feature size, a rank, a mode of a tensor train): every
+#: size of every format is at most this, so that sizes fit a 32-bit index and factorizations (trial
+#: division) and parameter counts stay fast.
+MAX_SIZE = 2**31
+
+#: Largest rank (any index of a format other than a stack or feature index): an array dimension is a
+#: signed 64-bit int. A rank this large cannot be allocated; ``random`` says so (``check_allocation``).
+MAX_RANK = 2**63 - 1
+
+#: Largest seed of ``random``/``init``: seeds are the non-negative integers of a signed 64-bit int.
+MAX_SEED = 2**63 - 1
+
+#: Index letters numpy's and torch's ``einsum`` support (``a-z``, ``A-Z``); a format may use one fewer,
+#: because its factored ``apply`` adds a letter for the batch of ``x``.
+EINSUM_LETTERS = 52
+MAX_FORMAT_LETTERS = EINSUM_LETTERS - 1
+
+
+def check_size(value, name: str, bound: int = MAX_SIZE) -> int:
+    """Return ``value`` as a Python int if it is an integer in ``[1, bound]``; raise otherwise."""
+    value = check_positive_int(value, name)
+    if value > bound:
+        raise ValueError(f"`{name}` must be at most {bound:,}, got {value:,}.")
+    return value
+
+
+def check_size_tuple(value, name: str, max_len: int = MAX_FORMAT_LETTERS) -> tuple[int, ...]:
+    """Normalize an int or an iterable of at most ``max_len`` ints to a tuple of sizes in ``[1, MAX_SIZE]``.
+
+    Never consumes more than ``max_len + 1`` items of an iterator, so an endless one is an error, not a hang.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, Iterable) or isinstance(value, str | bytes) or isinstance(value, Mapping):
+        raise TypeError(f"`{name}` must be a tuple of positive integers, got {value!r}.")
+    try:
+        items = tuple(islice(value, max_len + 1))
+    except TypeError as err:  # e.g. a 0-d numpy array, which claims to be iterable
+        raise TypeError(f"`{name}` must be a tuple of positive integers, got {value!r}.") from err
+    if len(items) > max_len:
+        raise ValueError(f"`{name}` must have at most {max_len} entries, got more.")
+    return tuple(check_size(v, f"{name}[{i}]") for i, v in enumerate(items))
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """Return ``seed`` as a Python int if it is an integer in ``[0, MAX_SEED]`` (bools refused); raise otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"`{name}` must be a non-negative integer, got {seed!r} ({type(seed).__name__}).")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"`{name}` must be an integer in [0, 2**63 - 1], got {seed!r}.")
+    return int(seed)
+
+
+def check_backend(backend, name: str = "backend") -> str:
+    """Return ``backend`` as a plain str if it is ``"numpy"`` or ``"torch"``; raise otherwise."""
+    if not isinstance(backend, str):
+        raise TypeError(f"`{name}` must be 'numpy' or 'torch' (a str), got {backend!r} ({type(backend).__name__}).")
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"`{name}` must be 'numpy' or 'torch', got {backend!r}.")
+    return str(backend)
+
+
+def check_index_letters(count: int, name: str) -> None:
+    """Raise ValueError if a format needs more than :data:`MAX_FORMAT_LETTERS` einsum index letters."""
+    if count > MAX_FORMAT_LETTERS:
+        raise ValueError(
+            f"`{name}` asks for a format with {count} einsum index letters; numpy's and torch's einsum have "
+            f"{EINSUM_LETTERS} (a-z, A-Z), one of which `apply` needs for the batch, so a format may use at most "
+            f"{MAX_FORMAT_LETTERS}."
+        )
+
+
+def check_n_iter_max(value, name: str = "n_iter_max") -> int:
+    """Return ``value`` as a Python int if it is an integer >= 0 (bools refused); raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a non-negative integer, got {value!r} ({type(value).__name__}).")
+    if value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+    return int(value)
+
+
+def check_tol(value, name: str = "tol") -> float:
+    """Return ``value`` as a float if it is a finite real number >= 0 (bools refused); raise otherwise (NaN too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a finite real number >= 0, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not 0.0 <= value < float("inf"):  # also rejects NaN
+        raise ValueError(f"`{name}` must be a finite real number >= 0, got {value!r}.")
+    return value

@@ -11,7 +11,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backend import _is_torch
-from ._validate import check_fraction, check_shape_tuple
+from ._validate import check_fraction, check_size_tuple
+
+# Parameter counts are summed in int64: the total of all matrices must stay below this.
+_MAX_TOTAL_PARAMS = 2**62
 
 __all__ = ["Spectrum", "WeLoreMatrix", "WeLoreResult", "welore_ranks"]
 
@@ -251,11 +254,15 @@ def welore_ranks(matrices, reduction=0.5, min_ratio=0.5) -> WeLoreResult:
 
     names, shapes, spectra = [], [], []
     for name, value in matrices.items():
+        if not isinstance(name, str):
+            raise TypeError(f"`matrices` must be keyed by str names, got key {name!r} ({type(name).__name__}).")
         shape, sigma = _spectrum(value, f"matrices[{name!r}]")
         names.append(name)
         shapes.append(shape)
         spectra.append(_normalized(sigma))
 
+    if sum(a * b for a, b in shapes) > _MAX_TOTAL_PARAMS:
+        raise ValueError("`matrices` hold more than 2**62 parameters in all; give fewer or smaller matrices.")
     # Per value, in each matrix's ascending order: the parameter change when it is pruned.
     n = np.array([len(s) for s in spectra], dtype=np.int64)
     dense = np.array([a * b for a, b in shapes], dtype=np.int64)
@@ -313,7 +320,7 @@ def _tau(values, j: int) -> float:
 def _spectrum(value, where: str) -> tuple[tuple[int, int], np.ndarray]:
     """``((d_out, d_in), singular values as float64)`` of one entry, validated."""
     if isinstance(value, Spectrum):
-        shape = check_shape_tuple(value.shape, f"{where}.shape")
+        shape = check_size_tuple(value.shape, f"{where}.shape")
         if len(shape) != 2:
             raise ValueError(f"`{where}.shape` must be (d_out, d_in), got {shape}.")
         sigma = _to_numpy(value.singular_values, f"{where}.singular_values")
@@ -327,6 +334,8 @@ def _spectrum(value, where: str) -> tuple[tuple[int, int], np.ndarray]:
     if _is_torch(value):
         import torch
 
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"`{where}` must be a real tensor, got dtype {value.dtype}.")
         shape = tuple(value.shape)
         _check_matrix(shape, bool(torch.isfinite(value).all()) if value.numel() else True, where)
         sigma = torch.linalg.svdvals(value.detach().to(torch.float64)).cpu().numpy()

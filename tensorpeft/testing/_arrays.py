@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..decomp._validate import check_positive_int
+from ..decomp._validate import check_backend, check_size
 from ._strategies import _check_nonnegative_int
 
 __all__ = ["factors", "indices", "inputs"]
 
+#: Largest number of scalars of the arrays one draw may hold (hypothesis builds them entry by entry).
+MAX_ELEMENTS = 2**20
+#: Largest ``max_batch_dims`` and ``max_batch`` of :func:`inputs`.
+MAX_BATCH_DIMS = 16
+MAX_BATCH = 2**10
+
 
 def _check_backend(backend) -> str:
-    if backend not in ("numpy", "torch"):
-        raise ValueError(f"`backend` must be 'numpy' or 'torch', got {backend!r}.")
-    return backend
+    return check_backend(backend)
+
+
+def _check_format(fmt, attribute: str):
+    """``getattr(fmt, attribute)``, or a TypeError naming `fmt` for an object that is not a format."""
+    try:
+        return getattr(fmt, attribute)
+    except AttributeError:
+        what = type(fmt).__name__
+        raise TypeError(f"`fmt` must be a format (a TensorNetwork) with `{attribute}`, got {what}.") from None
 
 
 def _as_backend(array: np.ndarray, backend: str):
@@ -41,7 +55,7 @@ def _numpy_dtype(dtype):
         try:
             result = np.dtype(candidate)
             break
-        except TypeError:
+        except Exception:  # numpy's dtype parser raises many types (SyntaxError for "(0,"): not a dtype
             continue
     if result is None or result not in (np.float32, np.float64):
         raise ValueError(f"`dtype` must be float32 or float64 (numpy, torch or a name), got {dtype!r}.")
@@ -63,7 +77,7 @@ def factors(fmt, *, backend: str = "numpy", dtype=None, bound: float = 1.0):
     dtype : optional
         numpy or torch floating dtype (default float64).
     bound : float
-        Largest magnitude of an entry.
+        Largest magnitude of an entry (positive, finite). ``fmt`` may have at most 2**20 parameters.
 
     Returns
     -------
@@ -82,11 +96,18 @@ def factors(fmt, *, backend: str = "numpy", dtype=None, bound: float = 1.0):
     ...     assert fmt.to_dense(fac).shape == (2, 3, 4)
     >>> test()
     """
+    shapes = _check_format(fmt, "factor_shapes")
     _check_backend(backend)
     dt = _numpy_dtype(dtype)
-    if not (isinstance(bound, int | float) and not isinstance(bound, bool) and 0 < bound < math.inf):
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+        raise TypeError(f"`bound` must be a positive finite number, got {bound!r} ({type(bound).__name__}).")
+    if not 0 < bound < math.inf:  # NaN fails too
         raise ValueError(f"`bound` must be a positive finite number, got {bound!r}.")
-    arrays = {name: hnp.arrays(dt, shape, elements=_elements(dt, bound)) for name, shape in fmt.factor_shapes.items()}
+    bound = float(bound)
+    total = sum(math.prod(shape) for shape in shapes.values())
+    if total > MAX_ELEMENTS:
+        raise ValueError(f"`fmt` has {total:,} parameters; factors() draws at most {MAX_ELEMENTS:,} (2**20).")
+    arrays = {name: hnp.arrays(dt, shape, elements=_elements(dt, bound)) for name, shape in shapes.items()}
     return st.fixed_dictionaries(arrays).map(lambda fac: {n: _as_backend(a, backend) for n, a in fac.items()})
 
 
@@ -102,9 +123,10 @@ def inputs(fmt, *, backend: str = "numpy", dtype=None, max_batch_dims: int = 2, 
     dtype : optional
         numpy or torch floating dtype (default float64).
     max_batch_dims : int
-        Largest number of leading (batch) dimensions; 0 gives a single vector.
+        Largest number of leading (batch) dimensions, at most 16; 0 gives a single vector.
     max_batch : int
-        Largest size of a batch dimension.
+        Largest size of a batch dimension, at most 2**10. Shapes whose ``x`` would hold more than 2**20
+        scalars are not drawn.
 
     Returns
     -------
@@ -123,12 +145,16 @@ def inputs(fmt, *, backend: str = "numpy", dtype=None, max_batch_dims: int = 2, 
     ...     assert x.shape[-1] == 4
     >>> test()
     """
+    in_features = check_size(_check_format(fmt, "in_features"), "fmt.in_features")
     _check_backend(backend)
     dt = _numpy_dtype(dtype)
-    max_batch_dims = _check_nonnegative_int(max_batch_dims, "max_batch_dims")
-    max_batch = check_positive_int(max_batch, "max_batch")
+    max_batch_dims = _check_nonnegative_int(max_batch_dims, "max_batch_dims", MAX_BATCH_DIMS)
+    max_batch = check_size(max_batch, "max_batch", MAX_BATCH)
+    if in_features > MAX_ELEMENTS:
+        raise ValueError(f"`fmt` has {in_features:,} input features; inputs() draws at most {MAX_ELEMENTS:,} (2**20).")
     shapes = hnp.array_shapes(min_dims=0, max_dims=max_batch_dims, min_side=1, max_side=max_batch)
-    arrays = shapes.flatmap(lambda lead: hnp.arrays(dt, (*lead, fmt.in_features), elements=_elements(dt, 1.0)))
+    shapes = shapes.filter(lambda lead: math.prod(lead) * in_features <= MAX_ELEMENTS)
+    arrays = shapes.flatmap(lambda lead: hnp.arrays(dt, (*lead, in_features), elements=_elements(dt, 1.0)))
     return arrays.map(lambda x: _as_backend(x, backend))
 
 
@@ -157,4 +183,7 @@ def indices(fmt):
     ...     assert len(index) == 2
     >>> test()
     """
-    return st.tuples(*(st.integers(-n, n - 1) for n in fmt.stack))
+    stack = _check_format(fmt, "stack")
+    if not isinstance(stack, tuple) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in stack):
+        raise TypeError(f"`fmt.stack` must be a tuple of positive ints, got {stack!r}.")
+    return st.tuples(*(st.integers(-n, n - 1) for n in stack))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["TOLERANCES", "assert_close", "tolerance"]
@@ -17,7 +19,7 @@ def _dtype_name(dtype) -> str:
         return name
     try:
         return np.dtype(dtype).name
-    except TypeError:
+    except Exception:  # numpy's dtype parser raises many types (SyntaxError for "(0,"): all mean "not a dtype"
         return name
 
 
@@ -62,6 +64,18 @@ def to_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
+def _real_array(x, name: str) -> np.ndarray:
+    """``x`` as a numpy array of real numbers (bool, int or float); TypeError naming ``name`` otherwise."""
+    try:
+        array = to_numpy(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        what = type(x).__name__
+        raise TypeError(f"`{name}` must be a numpy array or torch tensor of real numbers, got {what}.") from err
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise TypeError(f"`{name}` must hold real numbers, got dtype {array.dtype}.")
+    return array
+
+
 def assert_close(actual, desired, *, rtol: float | None = None, scale=None, what: str = "arrays") -> None:
     """Assert ``max |actual - desired| <= rtol · max(scale)`` for numpy arrays or torch tensors.
 
@@ -95,10 +109,18 @@ def assert_close(actual, desired, *, rtol: float | None = None, scale=None, what
     ...
     AssertionError: y differ: max abs error 0.001 > 1e-10 · scale 1 (at index (0,)).
     """
+    a = _real_array(actual, "actual")
+    d = _real_array(desired, "desired")
     if rtol is None:
-        rtol = tolerance(actual.dtype)
-    a = to_numpy(actual).astype(np.float64)
-    d = to_numpy(desired).astype(np.float64)
+        rtol = tolerance(getattr(actual, "dtype", a.dtype))
+    elif isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+        raise TypeError(f"`rtol` must be a non-negative number or None, got {rtol!r} ({type(rtol).__name__}).")
+    elif not rtol >= 0:  # NaN fails too
+        raise ValueError(f"`rtol` must be a non-negative number or None, got {rtol!r}.")
+    if scale is not None:
+        scale = _real_array(scale, "scale")
+    a = a.astype(np.float64)
+    d = d.astype(np.float64)
     if a.shape != d.shape:
         raise AssertionError(f"{what} have different shapes: {a.shape} != {d.shape}.")
     if a.size == 0:

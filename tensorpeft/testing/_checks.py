@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+from collections.abc import Iterable
+from itertools import islice
 
 import numpy as np
 
+from ..decomp._validate import check_seed
 from ._assert import assert_close, to_numpy, tolerance
 
 __all__ = ["CHECKS", "check_format"]
@@ -344,7 +348,7 @@ class _Suite:
     # ------------------------------------------------------------------ fit
     def fit(self):
         fmt = self.fmt
-        target = to_numpy(fmt.to_dense(fmt.random(seed=self.seed + 1))).astype(np.float64)
+        target = to_numpy(fmt.to_dense(fmt.random(seed=(self.seed + 1) % 2**63))).astype(np.float64)
         for backend in self.backends:
             dense = _convert({"d": target}, backend)["d"]
             result = fmt.fit(dense)
@@ -420,6 +424,55 @@ class _Suite:
                 self.fail("errors", f"{what} raised no ValueError or TypeError.")
 
 
+#: What :func:`check_format` uses of a format (the vocabulary of :class:`~tensorpeft.decomp.TensorNetwork`).
+_FORMAT_ATTRIBUTES = (
+    "factor_shapes",
+    "shape",
+    "stack",
+    "out_features",
+    "in_features",
+    "num_params",
+    "random",
+    "init",
+    "to_dense",
+    "apply",
+    "fit",
+    "check_factors",
+)
+
+
+def _check_fmt(fmt) -> None:
+    missing = [a for a in _FORMAT_ATTRIBUTES if not hasattr(fmt, a)]
+    if missing:
+        raise TypeError(
+            f"`fmt` must be a format with the vocabulary of decomp.TensorNetwork, got {type(fmt).__name__} "
+            f"without {missing}."
+        )
+
+
+def _names(value, name: str, expected: str) -> tuple[str, ...]:
+    """A tuple of str from a collection of str; a lone str (which would iterate by letter) is refused."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"`{name}` must be {expected}, got {value!r}.")
+    try:
+        items = tuple(islice(value, 64))
+    except TypeError as err:  # e.g. a 0-d array, which claims to be iterable
+        raise TypeError(f"`{name}` must be {expected}, got {value!r}.") from err
+    if len(items) == 64 or not all(isinstance(v, str) for v in items):
+        raise TypeError(f"`{name}` must be {expected} (a few str), got {value!r}.")
+    return items
+
+
+def _check_fit_tol(fit_tol) -> float | None:
+    if fit_tol is None:
+        return None
+    if isinstance(fit_tol, bool) or not isinstance(fit_tol, numbers.Real):
+        raise TypeError(f"`fit_tol` must be a non-negative number or None, got {fit_tol!r} ({type(fit_tol).__name__}).")
+    if not fit_tol >= 0:  # NaN fails too
+        raise ValueError(f"`fit_tol` must be a non-negative number (math.inf allowed) or None, got {fit_tol!r}.")
+    return float(fit_tol)
+
+
 def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = None, seed: int = 0, skip=()):
     """Run the property suite of a format and raise AssertionError at the first failure.
 
@@ -479,8 +532,12 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     ------
     AssertionError
         At the first failing property; the message names the check, what differed and the format.
+    TypeError
+        If ``fmt`` lacks the vocabulary of a format, ``backends`` or ``skip`` is not a collection of str
+        (a lone str is refused), or ``fit_tol`` or ``seed`` is not a number.
     ValueError
-        If ``backends`` or ``skip`` name something unknown.
+        If ``backends`` or ``skip`` name something unknown, ``fit_tol`` is negative or NaN, or ``seed``
+        is outside ``[0, 2**63 - 1]``.
 
     Examples
     --------
@@ -504,13 +561,16 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     ...
     AssertionError: check_format[apply]: `apply(factors, x, index=())` (numpy) and ... differ: ...
     """
-    backends = tuple(backends)
+    _check_fmt(fmt)
+    backends = _names(backends, "backends", "a non-empty subset of ('numpy', 'torch')")
     unknown = [b for b in backends if b not in ("numpy", "torch")]
     if unknown or not backends:
         raise ValueError(f"`backends` must be a non-empty subset of ('numpy', 'torch'), got {backends!r}.")
-    skip = frozenset(skip)
+    skip = frozenset(_names(skip, "skip", f"a collection of check names from {CHECKS}"))
     if skip - set(CHECKS):
         raise ValueError(f"`skip` names unknown checks {sorted(skip - set(CHECKS))}; known: {CHECKS}.")
+    fit_tol = _check_fit_tol(fit_tol)
+    seed = check_seed(seed)
     if "torch" in backends and not _torch_available():
         backends = tuple(b for b in backends if b != "torch")
         if not backends:

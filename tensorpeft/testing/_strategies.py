@@ -8,12 +8,13 @@ them, gradcheck included, in seconds.
 from __future__ import annotations
 
 import math
+import numbers
 
 from hypothesis import strategies as st
 
 from ..decomp import CP, LoRA, OrthogonalProjection, TensorNetwork, TensorTrain, Tucker2, balanced_modes
 from ..decomp._tt import prime_factors
-from ..decomp._validate import check_positive_int
+from ..decomp._validate import check_size
 
 __all__ = [
     "cp_formats",
@@ -26,10 +27,21 @@ __all__ = [
 ]
 
 
-def _check_nonnegative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
-    return value
+#: Largest ``stack_modes`` of the built-in format strategies (a tensor train spends two einsum letters
+#: per stack mode, and a format may use 51).
+MAX_STACK_MODES = 8
+#: Largest number of modes ``in_modes``/``out_modes`` of a drawn tensor train have (prime factors are merged).
+_MAX_TRAIN_MODES = 6
+
+
+def _check_nonnegative_int(value, name: str, bound: int | None = None) -> int:
+    """``value`` as an int in ``[0, bound]``; TypeError for a non-integer (bools too), ValueError out of range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a non-negative integer, got {value!r} ({type(value).__name__}).")
+    if value < 0 or (bound is not None and value > bound):
+        upper = "" if bound is None else f" and at most {bound}"
+        raise ValueError(f"`{name}` must be a non-negative integer{upper}, got {value!r}.")
+    return int(value)
 
 
 def _stacks(stack_modes: int, max_stack: int):
@@ -37,9 +49,9 @@ def _stacks(stack_modes: int, max_stack: int):
 
 
 def _sizes(stack_modes, max_stack, max_features):
-    stack_modes = _check_nonnegative_int(stack_modes, "stack_modes")
-    max_stack = check_positive_int(max_stack, "max_stack")
-    max_features = check_positive_int(max_features, "max_features")
+    stack_modes = _check_nonnegative_int(stack_modes, "stack_modes", MAX_STACK_MODES)
+    max_stack = check_size(max_stack, "max_stack")
+    max_features = check_size(max_features, "max_features")
     return _stacks(stack_modes, max_stack), st.integers(1, max_features)
 
 
@@ -49,11 +61,11 @@ def lora_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int 
     Parameters
     ----------
     stack_modes : int
-        Largest number of stack modes (``()`` is always possible).
+        Largest number of stack modes, at most 8 (``()`` is always possible).
     max_stack : int
-        Largest size of a stack mode.
+        Largest size of a stack mode, at most 2**31.
     max_features : int
-        Largest ``out_features`` and ``in_features``.
+        Largest ``out_features`` and ``in_features``, at most 2**31.
 
     Returns
     -------
@@ -89,11 +101,11 @@ def tucker2_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: i
     Parameters
     ----------
     stack_modes : int
-        Largest number of stack modes (``()`` is always possible).
+        Largest number of stack modes, at most 8 (``()`` is always possible).
     max_stack : int
-        Largest size of a stack mode.
+        Largest size of a stack mode, at most 2**31.
     max_features : int
-        Largest ``out_features`` and ``in_features``.
+        Largest ``out_features`` and ``in_features``, at most 2**31.
 
     Returns
     -------
@@ -124,7 +136,11 @@ def tucker2_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: i
 
 
 def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
+    """The divisors of ``n`` in increasing order, from its prime factors (not by trying every k <= n)."""
+    divisors = {1}
+    for p in prime_factors(n):
+        divisors |= {d * p for d in divisors}
+    return sorted(divisors)
 
 
 def cp_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6, max_rank: int = 4):
@@ -135,7 +151,7 @@ def cp_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 
     stack_modes, max_stack, max_features : int
         As :func:`lora_formats`.
     max_rank : int
-        Largest CP rank (CP has no upper bound; the rank may exceed the feature sizes).
+        Largest CP rank, at most 2**31 (CP has no upper bound; the rank may exceed the feature sizes).
 
     Returns
     -------
@@ -153,7 +169,7 @@ def cp_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 
     >>> test()
     """
     stacks, features = _sizes(stack_modes, max_stack, max_features)
-    max_rank = check_positive_int(max_rank, "max_rank")
+    max_rank = check_size(max_rank, "max_rank")
 
     @st.composite
     def build(draw):
@@ -165,7 +181,7 @@ def cp_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 
 
 
 def _factorizations(n: int):
-    """Strategy for ordered factorizations of ``n`` into modes (a mode of size 1 now and then)."""
+    """Strategy for ordered factorizations of ``n`` into at most ``_MAX_TRAIN_MODES`` modes (a 1 now and then)."""
     primes = prime_factors(n)
 
     @st.composite
@@ -173,7 +189,7 @@ def _factorizations(n: int):
         order = draw(st.permutations(primes))
         modes = []
         for q in order:
-            if modes and draw(st.booleans()):
+            if modes and (len(modes) >= _MAX_TRAIN_MODES - 1 or draw(st.booleans())):
                 modes[-1] *= q
             else:
                 modes.append(q)
@@ -182,6 +198,12 @@ def _factorizations(n: int):
         return tuple(modes)
 
     return build()
+
+
+def _modes(n: int):
+    """``None`` (the default modes) or an explicit factorization; explicit only when the default has too many."""
+    explicit = _factorizations(n)
+    return explicit if len(balanced_modes(n)) > _MAX_TRAIN_MODES else st.one_of(st.none(), explicit)
 
 
 def tensor_train_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6, max_rank: int = 3):
@@ -196,7 +218,7 @@ def tensor_train_formats(*, stack_modes: int = 2, max_stack: int = 3, max_featur
     stack_modes, max_stack, max_features : int
         As :func:`lora_formats`.
     max_rank : int
-        Largest bond rank.
+        Largest bond rank, at most 2**31. ``in_modes`` and ``out_modes`` have at most 6 modes each.
 
     Returns
     -------
@@ -215,13 +237,13 @@ def tensor_train_formats(*, stack_modes: int = 2, max_stack: int = 3, max_featur
     >>> test()
     """
     stacks, features = _sizes(stack_modes, max_stack, max_features)
-    max_rank = check_positive_int(max_rank, "max_rank")
+    max_rank = check_size(max_rank, "max_rank")
 
     @st.composite
     def build(draw):
         stack, d_out, d_in = draw(stacks), draw(features), draw(features)
-        in_modes = draw(st.one_of(st.none(), _factorizations(d_in)))
-        out_modes = draw(st.one_of(st.none(), _factorizations(d_out)))
+        in_modes = draw(_modes(d_in))
+        out_modes = draw(_modes(d_out))
         share = draw(st.booleans())
         auto_in = balanced_modes(d_in) if in_modes is None else in_modes
         auto_out = tuple(reversed(balanced_modes(d_out))) if out_modes is None else out_modes
@@ -243,11 +265,11 @@ def orthogonal_formats(*, stack_modes: int = 2, max_stack: int = 3, max_features
     Parameters
     ----------
     stack_modes : int
-        Largest number of stack modes (``()`` is always possible).
+        Largest number of stack modes, at most 8 (``()`` is always possible).
     max_stack : int
-        Largest size of a stack mode.
+        Largest size of a stack mode, at most 2**31.
     max_features : int
-        Largest ``out_features`` and ``in_features``.
+        Largest ``out_features`` and ``in_features``, at most 2**31.
 
     Returns
     -------
@@ -286,11 +308,11 @@ def formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6):
     Parameters
     ----------
     stack_modes : int
-        Largest number of stack modes (``()`` is always possible).
+        Largest number of stack modes, at most 8 (``()`` is always possible).
     max_stack : int
-        Largest size of a stack mode.
+        Largest size of a stack mode, at most 2**31.
     max_features : int
-        Largest ``out_features`` and ``in_features``.
+        Largest ``out_features`` and ``in_features``, at most 2**31.
 
     Returns
     -------
@@ -317,6 +339,14 @@ def formats(*, stack_modes: int = 2, max_stack: int = 3, max_features: int = 6):
     )
 
 
+#: Bounds of :func:`tensor_networks`' arguments: its letters are a-z (19 left for the stack after
+#: two output, two input and three bond letters), and its sizes are trimmed one step at a time.
+MAX_NETWORK_FACTORS = 16
+MAX_NETWORK_STACK_MODES = 19
+MAX_NETWORK_SIZE = 2**10
+MAX_NETWORK_ELEMENTS = 2**20
+
+
 def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int = 3, max_elements: int = 96):
     """Strategy for random valid custom :class:`~tensorpeft.decomp.TensorNetwork` formats.
 
@@ -327,14 +357,14 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
     Parameters
     ----------
     max_factors : int
-        Largest number of factors.
+        Largest number of factors, at most 16.
     stack_modes : int
-        Largest number of stack modes.
+        Largest number of stack modes, at most 19 (the letters are a-z).
     max_size : int
-        Largest size of one index.
+        Largest size of one index, at most 2**10.
     max_elements : int
         Upper bound on every factor's size and on the dense tensor's size, so that gradchecks and
-        naive references stay cheap (sizes are trimmed, largest first, until it holds).
+        naive references stay cheap (sizes are trimmed, largest first, until it holds); at most 2**20.
 
     Returns
     -------
@@ -352,10 +382,10 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
     ...     assert fmt.num_params == sum(math.prod(s) for s in fmt.factor_shapes.values())
     >>> test()
     """
-    max_factors = check_positive_int(max_factors, "max_factors")
-    stack_modes = _check_nonnegative_int(stack_modes, "stack_modes")
-    max_size = check_positive_int(max_size, "max_size")
-    max_elements = check_positive_int(max_elements, "max_elements")
+    max_factors = check_size(max_factors, "max_factors", MAX_NETWORK_FACTORS)
+    stack_modes = _check_nonnegative_int(stack_modes, "stack_modes", MAX_NETWORK_STACK_MODES)
+    max_size = check_size(max_size, "max_size", MAX_NETWORK_SIZE)
+    max_elements = check_size(max_elements, "max_elements", MAX_NETWORK_ELEMENTS)
 
     @st.composite
     def build(draw):

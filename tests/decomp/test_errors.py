@@ -278,3 +278,226 @@ def test_bad_network_arguments(kwargs, exc, match):
     args = dict(sizes=SIZES, **GOOD) | kwargs
     with pytest.raises(exc, match=match):
         decomp.TensorNetwork("or,lrs,is->loi", **args)
+
+
+# ---------------------------------------------------------------------------------------- huge arguments
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: decomp.balanced_modes(2**61 - 1), ValueError, r"`n` must be at most 2,147,483,648"),
+        (lambda: decomp.balanced_modes(2**31 + 1), ValueError, r"`n` must be at most"),
+        (lambda: TT((), 4, 2**61 - 1, 1), ValueError, r"`in_features` must be at most 2,147,483,648"),
+        (lambda: LoRA((2**40,), 4, 6, 1), ValueError, r"`stack\[0\]` must be at most"),
+        (lambda: Tucker2((), 2**31 + 1, 6, 1), ValueError, r"`out_features` must be at most"),
+        (lambda: CP((2,), 4, 6, rank=10**20), ValueError, r"`rank` must be at most 9,223,372,036,854,775,807"),
+        (lambda: Tucker2((2,), 4, 6, rank=(1, 2**64)), ValueError, r"`rank\[1\]` must be at most"),
+        (lambda: TT((), 4, 6, rank=(1, 2**64), in_modes=(6,), out_modes=(2, 2)), ValueError, r"`rank\[1\]`"),
+        (lambda: TT((), 4, 6, 1, in_modes=(2**40, 1)), ValueError, r"`in_modes\[0\]` must be at most"),
+        (
+            lambda: decomp.TensorNetwork("or,ri->oi", {"o": 2**32, "r": 1, "i": 2}, out_indices="o", in_indices="i"),
+            ValueError,
+            r"`sizes\['o'\]` must be at most 2,147,483,648",
+        ),
+        (
+            lambda: decomp.TensorNetwork(
+                "ar,br,ri->abi", {"a": 2**16, "b": 2**16, "r": 1, "i": 2}, out_indices="ab", in_indices="i"
+            ),
+            ValueError,
+            r"`out_indices`='ab' gives 4,294,967,296 features",
+        ),
+    ],
+)
+def test_huge_sizes_are_refused_at_once(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_balanced_modes_with_more_modes_than_prime_factors():
+    assert decomp.balanced_modes(768, 10**12) == decomp.balanced_modes(768, 9) == (3, 2, 2, 2, 2, 2, 2, 2, 2)
+    assert decomp.balanced_modes(2**31 - 1) == (2**31 - 1,)  # a prime at the bound: trial division is quick
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_factors_that_cannot_fit_in_memory_are_a_value_error_before_allocating(backend):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    f = CP((2,), 4, 6, rank=2**40)
+    assert f.num_params == 12 * 2**40  # a Python int, no overflow
+    for method in (f.random, f.init):
+        with pytest.raises(ValueError, match=r"`rank` asks for 13,194,139,533,312 scalars .* more than the"):
+            method(backend=backend)
+    network = decomp.TensorNetwork("or,ri->oi", {"o": 4, "r": 2**50, "i": 3}, out_indices="o", in_indices="i")
+    with pytest.raises(ValueError, match=r"`sizes` asks for"):
+        network.random(backend=backend)
+
+
+def test_to_dense_and_apply_check_the_memory_they_would_allocate():
+    sizes = {"s": 2**12, "t": 2**12, "o": 2**12, "i": 2**12}
+    f = decomp.TensorNetwork("s,t,o,i->stoi", sizes, stack_indices="st", out_indices="o", in_indices="i")
+    fac = f.random()
+    assert sum(a.size for a in fac.values()) == 4 * 2**12
+    with pytest.raises(ValueError, match=r"`factors` asks for 281,474,976,710,656 scalars"):
+        f.to_dense(fac)
+    with pytest.raises(ValueError, match=r"`x` asks for"):
+        f.apply(fac, np.ones(2**12), index=None)
+    x = np.broadcast_to(np.ones(2**12), (2**20, 2**20, 2**12))  # a view: nothing allocated
+    with pytest.raises(ValueError, match=r"`x` asks for"):
+        f.apply(fac, x, index=(0, 0))
+    assert f.apply(fac, np.ones(2**12), index=(1, 2)).shape == (2**12,)
+
+
+# ---------------------------------------------------------------------------------------- einsum letters
+
+
+def test_formats_with_more_einsum_letters_than_numpy_and_torch_have_are_refused():
+    with pytest.raises(ValueError, match=r"`stack` asks for a format with 52 einsum index letters"):
+        LoRA((1,) * 49, 4, 6, 1)
+    with pytest.raises(ValueError, match=r"`stack` must have at most 51 entries"):
+        LoRA((1,) * 100, 4, 6, 1)
+    with pytest.raises(ValueError, match=r"`stack` \+ `in_modes` \+ `out_modes` asks for a format with 5\d einsum"):
+        TT((), 4, 6, 1, in_modes=(1,) * 20 + (6,), out_modes=(4,) + (1,) * 5)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    sizes = dict.fromkeys(letters, 1)
+    with pytest.raises(ValueError, match=r"`equation` asks for a format with 52 einsum index letters"):
+        decomp.TensorNetwork(
+            f"{letters[:-2]},{letters[-2:]}->{letters}", sizes, out_indices=letters[:-1], in_indices=letters[-1]
+        )
+
+
+def test_the_largest_formats_that_fit_the_letters_work():
+    f = LoRA((1,) * 48, 4, 6, 1)  # 48 + o, i, r = 51 letters; apply's batch is the 52nd
+    fac = f.random()
+    x = np.ones((2, 6))
+    assert np.allclose(f.apply(fac, x, index=None), x @ np.swapaxes(f.to_dense(fac), -1, -2))
+    t = TT((), 4, 6, 1, in_modes=(1,) * 11 + (6,), out_modes=(4,) + (1,) * 11)
+    fac = t.random()
+    assert np.allclose(t.apply(fac, x), x @ t.to_dense(fac).T)
+
+
+@pytest.mark.parametrize("term", ["éb", "aβ", "a1"])
+def test_non_ascii_letters_are_refused_naming_equation(term):
+    with pytest.raises(ValueError, match=r"`equation` indices must be letters, got term .*a-z and A-Z only"):
+        decomp.TensorNetwork(
+            f"{term},bi->{term[0]}i", {term[0]: 2, term[1]: 2, "b": 1, "i": 3}, out_indices=term[0], in_indices="i"
+        )
+
+
+def test_contract_renames_letters_einsum_does_not_accept():
+    from tensorpeft.decomp._backend import ops_named
+    from tensorpeft.decomp._contract import contract, einsum_letters
+
+    assert einsum_letters("àb,bç->àç") == "ab,bc->ac"
+    a, b, c = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4), np.ones((4, 2))
+    assert np.array_equal(contract("àb,bç,çd->àd", a, b, c, ops=ops_named("numpy")), a @ b @ c)
+    with pytest.raises(ValueError, match=r"`equation` has 53 distinct indices"):
+        einsum_letters("".join(chr(0x100 + k) for k in range(53)) + "->")
+
+
+# ---------------------------------------------------------------------------------------- constructor types
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: LoRA(np.array(3), 4, 6, 1), TypeError, r"`stack` must be a tuple of positive integers, got array"),
+        (lambda: LoRA({2: 1}, 4, 6, 1), TypeError, r"`stack` must be a tuple"),
+        (lambda: TT((2,), 4, 6, 1, share_stack="no"), TypeError, r"`share_stack` must be True or False, got 'no'"),
+        (lambda: TT((2,), 4, 6, 1, share_stack=1), TypeError, r"`share_stack`"),
+        (
+            lambda: decomp.TensorNetwork(
+                "ar,ri->ai", SIZES | {"a": 2}, out_indices="a", in_indices="i", factor_names="XY"
+            ),
+            TypeError,
+            r"`factor_names` must be 2 distinct names .*got 'XY'",
+        ),
+        (
+            lambda: decomp.TensorNetwork(
+                "ar,ri->ai", SIZES | {"a": 2}, out_indices="a", in_indices="i", factor_names=(1, 2)
+            ),
+            TypeError,
+            r"`factor_names` .* of type str",
+        ),
+        (
+            lambda: decomp.TensorNetwork(
+                "ar,ri->ai", SIZES | {"a": 2}, out_indices="a", in_indices="i", factor_names=iter(str, 1)
+            ),
+            ValueError,
+            r"`factor_names` must be 2 distinct names",
+        ),
+        (
+            lambda: decomp.TensorNetwork(
+                "ar,ri->ai", SIZES | {"a": 2}, stack_indices=None, out_indices="a", in_indices="i"
+            ),
+            TypeError,
+            r"`stack_indices` must be a str of index letters, got None",
+        ),
+        (
+            lambda: decomp.TensorNetwork("ar,ri->ai", SIZES | {"a": 2}, out_indices=["a"], in_indices="i"),
+            TypeError,
+            r"`out_indices` must be a str",
+        ),
+        (
+            lambda: decomp.TensorNetwork(
+                "ar,ri->ai", SIZES | {"a": 2}, out_indices="a", in_indices="i", zero_factor=["F0"]
+            ),
+            ValueError,
+            r"`zero_factor` must be one of",
+        ),
+    ],
+)
+def test_constructor_arguments_of_the_wrong_type(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.ones(5, dtype=complex), r"`x` must be a real .* got dtype complex128"),
+        (np.ones(5, dtype=bool), r"`x` must be a real .* got dtype bool"),
+        (np.array(["a"] * 5), r"`x` must be a real"),
+        (np.ones(5, dtype=object), r"`x` must be a real"),
+    ],
+)
+def test_apply_refuses_non_real_x(x, match):
+    with pytest.raises(TypeError, match=match):
+        FORMAT.apply(_factors(), x, index=(0, 0))
+    assert FORMAT.apply(_factors(), np.ones(5, dtype=np.int32), index=(0, 0)).dtype == np.float64
+
+
+def test_apply_refuses_integer_torch_x_under_autocast():
+    torch = pytest.importorskip("torch")
+    fac = {n: torch.from_numpy(a).float() for n, a in _factors().items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match=r"`x` must be a real"):
+        FORMAT.apply(fac, torch.ones(5, dtype=torch.int64), index=(0, 0))
+
+
+# ---------------------------------------------------------------------------------------- welore
+
+
+def test_welore_refuses_huge_shapes_non_str_names_and_complex_tensors():
+    with pytest.raises(ValueError, match=r"`matrices\['a'\].shape\[1\]` must be at most"):
+        decomp.welore_ranks({"a": decomp.Spectrum([1.0, 2.0], (2, 2**40))})
+    with pytest.raises(TypeError, match=r"`matrices` must be keyed by str names, got key 3"):
+        decomp.welore_ranks({3: np.ones((2, 2))})
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"`matrices\['c'\]` must be a real tensor, got dtype torch.complex64"):
+        decomp.welore_ranks({"c": torch.ones(2, 2, dtype=torch.complex64)})
+
+
+def test_retract_checks_keep_delta_and_works_in_half_precision():
+    torch = pytest.importorskip("torch")
+    fmt = decomp.OrthogonalProjection((2,), 6, 5, rank=2)
+    factors = fmt.random(seed=0, backend="torch", dtype=torch.bfloat16)
+    for bad in (1, "yes", None, torch.zeros(0)):
+        with pytest.raises(TypeError, match="`keep_delta`"):
+            fmt.retract(factors, keep_delta=bad)
+    out = fmt.retract(factors)
+    assert all(v.dtype == torch.bfloat16 for v in out.values())
+    wide = {n: v.double() for n, v in factors.items()}
+    delta = (fmt.to_dense({n: v.double() for n, v in out.items()}) - fmt.to_dense(wide)).norm() / fmt.to_dense(
+        wide
+    ).norm()
+    assert delta < 0.05  # ΔW kept up to bf16 rounding

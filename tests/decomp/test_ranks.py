@@ -429,3 +429,99 @@ def test_unbounded_search_reaches_the_budget_itself():
     kwargs = {"equation": "abr->ab", "sizes": {"a": 1, "b": 1}, "out_indices": "a", "in_indices": "b"}
     fmt = decomp.rank_for_budget(decomp.TensorNetwork, 7, rank_indices="r", **kwargs)
     assert (fmt.sizes["r"], fmt.num_params) == (7, 7)
+
+
+# --------------------------------------------------------------------------- budgets above the largest format
+
+
+def _counting(base):
+    """A subclass of ``base`` that counts the formats ``rank_for_budget`` builds."""
+
+    class Counted(base):
+        built = 0
+
+        @classmethod
+        def _from_scale(cls, scale, **kwargs):
+            Counted.built += 1
+            return super()._from_scale(scale, **kwargs)
+
+    return Counted
+
+
+@given(shapes, st.booleans(), st.integers(0, 10**40))
+def test_tensor_train_budget_above_its_maximum_gives_the_full_train(shape, share, extra):
+    stack, o, i = shape
+    kwargs = {"stack": stack, "out_features": o, "in_features": i, "share_stack": share}
+    full = decomp.TensorTrain(rank=10**30, **kwargs)  # every bond at its bound
+    count, bound = tt_count(stack, decomp.balanced_modes(i), tuple(reversed(decomp.balanced_modes(o))), share)
+    assert full.num_params == count(bound)
+    counted = _counting(decomp.TensorTrain)
+    fmt = decomp.rank_for_budget(counted, full.num_params + extra, **kwargs)
+    assert (fmt.rank, fmt.num_params) == (full.rank, full.num_params)
+    assert counted.built <= 2  # the smallest, then the largest: answered at once
+
+
+def test_tensor_train_huge_budget_is_answered_with_two_builds():
+    counted = _counting(decomp.TensorTrain)
+    fmt = decomp.rank_for_budget(counted, 10**300, stack=(24,), out_features=768, in_features=768)
+    assert fmt.rank == decomp.TensorTrain((24,), 768, 768, rank=10**9).rank
+    assert counted.built == 2
+
+
+@pytest.mark.parametrize("cls", [decomp.LoRA, decomp.Tucker2, decomp.OrthogonalProjection, decomp.CP])
+def test_huge_budgets_take_at_most_two_builds(cls):
+    counted = _counting(cls)
+    fmt = decomp.rank_for_budget(counted, 10**300, stack=(2,), out_features=5, in_features=3)
+    assert counted.built == 2
+    assert scalar(fmt) == (2**63 - 1 if cls is decomp.CP else 3)  # CP: the largest rank a format may have
+
+
+def test_search_is_bounded_for_a_format_whose_count_stops_growing():
+    class Capped(decomp.TensorNetwork):  # rank capped at 5 by the format itself, no `_max_scale`
+        built = 0
+
+        def __init__(self, rank):
+            super().__init__("ar,rb->ab", {"a": 3, "r": min(rank, 5), "b": 2}, out_indices="a", in_indices="b")
+
+        @classmethod
+        def _from_scale(cls, scale):
+            cls.built += 1
+            return cls(scale)
+
+    fmt = decomp.rank_for_budget(Capped, 10**300)
+    assert fmt.sizes["r"] == 5
+    assert Capped.built <= 66  # binary search on [1, 2**63 - 1], not on [1, budget]
+    Capped.built = 0
+    fmt = decomp.rank_for_budget(Capped, 24)  # 5 * (3 + 2) = 25 > 24: rank 4 (20 params)
+    assert fmt.num_params == 20 and Capped.built <= 66
+
+
+def test_bad_hooks_are_type_errors_naming_format_cls():
+    class BadBound(decomp.LoRA):
+        @classmethod
+        def _max_scale(cls, **kwargs):
+            return 2.5
+
+    class BadBuild(decomp.LoRA):
+        @classmethod
+        def _from_scale(cls, scale, **kwargs):
+            return "not a format"
+
+    kwargs = {"stack": (2,), "out_features": 5, "in_features": 3}
+    with pytest.raises(TypeError, match=r"`format_cls`=BadBound: `_max_scale` must return a positive int or None"):
+        decomp.rank_for_budget(BadBound, 100, **kwargs)
+    with pytest.raises(TypeError, match=r"`format_cls`=BadBuild: `_from_scale` must return a format, got str"):
+        decomp.rank_for_budget(BadBuild, 100, **kwargs)
+
+
+def test_network_sizes_must_be_a_mapping():
+    kwargs = {"equation": "ar,rb->ab", "out_indices": "a", "in_indices": "b", "rank_indices": "r"}
+    with pytest.raises(TypeError, match=r"`sizes` must be a mapping"):
+        decomp.rank_for_budget(decomp.TensorNetwork, 100, sizes=[("a", 3), ("b", 2)], **kwargs)
+
+
+def test_compare_refuses_huge_shapes_at_once():
+    with pytest.raises(ValueError, match=r"`in_features` must be at most 2,147,483,648"):
+        decomp.compare(10**6, (24,), 768, 2**61 - 1)
+    with pytest.raises(ValueError, match=r"`stack\[0\]` must be at most"):
+        decomp.compare(10**6, (2**40,), 768, 768)

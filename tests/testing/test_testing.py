@@ -430,3 +430,67 @@ def test_assert_close():
         testing.assert_close(np.array([1e-12]), np.array([0.0]))
     # float32 arrays get the float32 tolerance
     testing.assert_close(np.float32([1.0 + 1e-6]), np.float32([1.0]))
+
+
+# ---------------------------------------------------------------------------------------- argument bounds
+
+LORA = decomp.LoRA((), 2, 2, rank=1)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: testing.lora_formats(stack_modes=1.5), TypeError, r"`stack_modes` must be a non-negative integer"),
+        (lambda: testing.lora_formats(stack_modes=9), ValueError, r"`stack_modes` .* at most 8, got 9"),
+        (lambda: testing.cp_formats(max_features=2**40), ValueError, r"`max_features` must be at most"),
+        (lambda: testing.tensor_train_formats(max_rank=2**40), ValueError, r"`max_rank` must be at most"),
+        (lambda: testing.tensor_networks(stack_modes=20), ValueError, r"`stack_modes` .* at most 19"),
+        (lambda: testing.tensor_networks(max_size=2**31), ValueError, r"`max_size` must be at most 1,024"),
+        (lambda: testing.tensor_networks(max_factors=10**9), ValueError, r"`max_factors` must be at most 16"),
+        (lambda: testing.tensor_networks(max_elements=2**40), ValueError, r"`max_elements` must be at most"),
+        (lambda: testing.factors(3), TypeError, r"`fmt` must be a format .* with `factor_shapes`, got int"),
+        (lambda: testing.factors(LORA, bound="1"), TypeError, r"`bound` must be a positive finite number, got '1'"),
+        (lambda: testing.factors(LORA, bound=float("nan")), ValueError, r"`bound` must be a positive finite"),
+        (lambda: testing.factors(LORA, backend=None), TypeError, r"`backend`"),
+        (lambda: testing.factors(decomp.CP((), 2, 2, 2**20)), ValueError, r"`fmt` has 4,194,304 parameters"),
+        (lambda: testing.inputs(3), TypeError, r"`fmt` must be a format .* with `in_features`"),
+        (lambda: testing.inputs(LORA, max_batch_dims=30), ValueError, r"`max_batch_dims` .* at most 16"),
+        (lambda: testing.inputs(LORA, max_batch=10**6), ValueError, r"`max_batch` must be at most 1,024"),
+        (lambda: testing.indices(3), TypeError, r"`fmt` must be a format .* with `stack`"),
+        (lambda: testing.check_format(3), TypeError, r"`fmt` must be a format with the vocabulary"),
+        (lambda: testing.check_format(LORA, backends="numpy"), TypeError, r"`backends` must be a non-empty subset"),
+        (lambda: testing.check_format(LORA, backends=3), TypeError, r"`backends`"),
+        (lambda: testing.check_format(LORA, skip="fit"), TypeError, r"`skip` must be a collection of check names"),
+        (lambda: testing.check_format(LORA, skip=[1]), TypeError, r"`skip`"),
+        (lambda: testing.check_format(LORA, fit_tol=float("nan")), ValueError, r"`fit_tol` must be a non-negative"),
+        (lambda: testing.check_format(LORA, fit_tol=-1.0), ValueError, r"`fit_tol`"),
+        (lambda: testing.check_format(LORA, fit_tol="a"), TypeError, r"`fit_tol` must be a non-negative number"),
+        (lambda: testing.check_format(LORA, seed=-1), ValueError, r"`seed` must be an integer in \[0, 2\*\*63 - 1\]"),
+        (lambda: testing.check_format(LORA, seed=1.5), TypeError, r"`seed`"),
+        (lambda: testing.assert_close(np.ones(2), np.zeros(2), rtol=float("nan")), ValueError, r"`rtol`"),
+        (lambda: testing.assert_close(np.ones(2), np.ones(2), rtol="0.1"), TypeError, r"`rtol`"),
+        (lambda: testing.assert_close(np.array(["a"]), np.array(["a"]), rtol=1.0), TypeError, r"`actual` must hold"),
+        (lambda: testing.assert_close(np.ones(1), np.array([object()]), rtol=1.0), TypeError, r"`desired` must hold"),
+        (lambda: testing.tolerance({}), ValueError, r"`dtype` must be one of"),
+    ],
+)
+def test_bad_arguments_of_the_testing_helpers(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@given(st.data())
+def test_huge_but_valid_strategy_arguments_draw_quickly(data):
+    # the sizes stay drawable: divisors from prime factors, at most 6 modes a side of a tensor train
+    cp = data.draw(testing.cp_formats(max_features=2**31, max_rank=2))
+    assert cp.heads is None or cp.out_features % cp.heads == 0
+    tt = data.draw(testing.tensor_train_formats(max_features=2**31, stack_modes=8, max_rank=2))
+    assert len(tt.in_modes) <= 6 and len(tt.out_modes) <= 6
+    net = data.draw(testing.tensor_networks(max_size=2**10, max_elements=64))
+    assert all(math.prod(s) <= 64 for s in net.factor_shapes.values())
+
+
+def test_assert_close_takes_lists_and_the_largest_seed_runs():
+    testing.assert_close([1.0, 2.0], np.array([1.0, 2.0]))
+    ran = testing.check_format(LORA, backends=("numpy",), seed=2**63 - 1, skip=("errors",))
+    assert "fit" in ran
