@@ -34,8 +34,10 @@ class LowRankLinear(nn.Module):
 
     Raises
     ------
+    TypeError
+        If ``U``, ``V`` or ``bias`` is not a floating-point tensor.
     ValueError
-        If the shapes do not chain, or dtypes/devices differ.
+        If the shapes do not chain (or the rank is 0), or dtypes/devices differ.
 
     Notes
     -----
@@ -55,9 +57,16 @@ class LowRankLinear(nn.Module):
 
     def __init__(self, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0]:
+        for name, t in (("U", U), ("V", V), ("bias", bias)):
+            if t is None and name == "bias":
+                continue
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"`{name}` must be a floating-point torch.Tensor, got {what}.")
+        if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0] or U.shape[1] == 0:
             raise ValueError(
-                f"`U` (out, rank) and `V` (rank, in) must chain, got shapes {tuple(U.shape)} and {tuple(V.shape)}."
+                f"`U` (out, rank) and `V` (rank, in) must chain with rank >= 1, got shapes {tuple(U.shape)} and "
+                f"{tuple(V.shape)}."
             )
         if U.dtype != V.dtype or U.device != V.device:
             raise ValueError(
@@ -65,6 +74,10 @@ class LowRankLinear(nn.Module):
             )
         if bias is not None and tuple(bias.shape) != (U.shape[0],):
             raise ValueError(f"`bias` must have shape ({U.shape[0]},), got {tuple(bias.shape)}.")
+        if bias is not None and (bias.dtype != U.dtype or bias.device != U.device):
+            raise ValueError(
+                f"`bias` must have the dtype and device of `U` ({U.dtype}/{U.device}), got {bias.dtype}/{bias.device}."
+            )
         self.U = U if isinstance(U, nn.Parameter) else nn.Parameter(U)
         self.V = V if isinstance(V, nn.Parameter) else nn.Parameter(V)
         if bias is None or isinstance(bias, nn.Parameter):

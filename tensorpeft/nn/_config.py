@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import decomp
-from ..decomp._validate import check_positive_int
+from ..decomp._validate import check_at_most, check_positive_int
 
 __all__ = [
     "AdapterConfig",
@@ -37,16 +37,37 @@ __all__ = [
 STACK_BY = ("name", "shape", "module")
 INITS = ("zero", "svd")
 ALL_LINEAR = "all-linear"
+# Bounds of the numeric fields, see the AdapterConfig docstring.
+MAX_SIZE = 2**31
+MAX_ALPHA = 1e6
+MAX_SEED = 2**63 - 1
+
+
+def _size(value, name: str) -> int:
+    """A positive int no larger than :data:`MAX_SIZE` (a rank, a mode, a head count)."""
+    value = check_positive_int(value, name)
+    check_at_most(value, MAX_SIZE, name, "the largest supported size")
+    return value
+
+
+def _choice(value, choices: tuple[str, ...], name: str) -> str:
+    """One of ``choices`` (a string; anything else is a TypeError, never an ambiguous comparison)."""
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {choices}, got {value!r} ({type(value).__name__}).")
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
 
 
 def _int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
+    """A non-empty tuple of sizes (see :func:`_size`), of ``length`` entries if given."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise TypeError(f"`{name}` must be a sequence of positive integers, got {value!r}.")
     if length is not None and len(value) != length:
         raise ValueError(f"`{name}` must have {length} entries, got {len(value)}: {tuple(value)!r}.")
     if len(value) == 0:
         raise ValueError(f"`{name}` must not be empty.")
-    return tuple(check_positive_int(v, f"{name}[{k}]") for k, v in enumerate(value))
+    return tuple(_size(v, f"{name}[{k}]") for k, v in enumerate(value))
 
 
 def _module_selector(value, name: str, allow_all_linear: bool):
@@ -58,20 +79,51 @@ def _module_selector(value, name: str, allow_all_linear: bool):
             raise ValueError(f"`{name}` must be a non-empty regex string or a list of module names, got ''.")
         try:
             re.compile(value)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise ValueError(f"`{name}`={value!r} is not a valid regular expression: {exc}.") from None
         return value
     if isinstance(value, bytes) or not isinstance(value, Sequence | set | frozenset):
         raise TypeError(
             f"`{name}` must be a list of module-name suffixes or a regex string, got {type(value).__name__}."
         )
-    items = sorted(value) if isinstance(value, set | frozenset) else list(value)
+    items = list(value)
     if not items:
         raise ValueError(f"`{name}` must name at least one module, got an empty list.")
     for k, item in enumerate(items):
         if not isinstance(item, str) or not item:
             raise TypeError(f"`{name}[{k}]` must be a non-empty string, got {item!r}.")
-    return tuple(items)
+    return tuple(sorted(items) if isinstance(value, set | frozenset) else items)
+
+
+def _alpha(value) -> float:
+    """A finite real with ``|alpha| <= MAX_ALPHA``, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"`alpha` must be a finite real number, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if abs(value) > MAX_ALPHA:
+        raise ValueError(
+            f"`alpha` must be in [-{MAX_ALPHA:g}, {MAX_ALPHA:g}], got {value!r}: beyond, merge_adapter() followed "
+            "by unmerge_adapter() no longer gives the pretrained weights back."
+        )
+    return value
+
+
+def _dropout(value) -> float:
+    """A real in ``[0, 1)``, as a float (NaN is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`dropout` must be a float in [0, 1), got {value!r} ({type(value).__name__}).")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def _seed(value) -> int:
+    """An int in ``[0, MAX_SEED]`` (torch generators take 64-bit seeds)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`seed` must be a non-negative integer, got {value!r} ({type(value).__name__}).")
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"`seed` must be an integer in [0, 2**63 - 1], got {value!r}.")
+    return int(value)
 
 
 @dataclass(kw_only=True)
@@ -86,9 +138,16 @@ class AdapterConfig:
         full module name, or ``"all-linear"`` (every linear layer except the output embedding).
         Every list entry must match at least one module.
     rank : int
-        Rank of the format (see each subclass).
+        Rank of the format (see each subclass), at most ``2**31`` (as every size of a config). A rank
+        whose factors do not fit in memory is refused by :func:`~tensorpeft.get_peft_model` before
+        anything is allocated.
     alpha : float
-        Numerator of the scaling; the update added to a layer is ``scaling · ΔW x``.
+        Numerator of the scaling; the update added to a layer is ``scaling · ΔW x``. Finite, with
+        ``|alpha| <= 1e6``, so ``|scaling| <= 1e6`` for every format (in use: 0.5 to 64). Merging adds
+        ``scaling · ΔW`` to the fp32 weight ``W0`` and unmerging subtracts it, which gives ``W0`` back up
+        to the round-off of the merged weight, about ``6e-8 · |scaling · ΔW|``: measured on a 64×64 LoRA
+        of rank 8 with factor entries of 0.01 (a trained size), ``W0`` comes back to 1e-7 relative at
+        ``alpha = 1e4``, 1e-5 at ``1e6``, 1e-3 at ``1e8`` and is lost (error ≈ ``|W0|``) from ``1e12``.
     dropout : float
         Dropout probability on the adapter's input (as PEFT's ``lora_dropout``), ``0 <= p < 1``.
     exclude_modules : list of str, str, optional
@@ -105,7 +164,7 @@ class AdapterConfig:
         subspaces), then the format's zero factor is set to zero and every other factor rescaled to
         the Frobenius norm it has under ``"zero"``. Either way ΔW starts at exactly zero.
     seed : int
-        Seed of the initialization; stack ``k`` uses ``seed + k``.
+        Seed of the initialization, in ``[0, 2**63 - 1]``; stack ``k`` uses ``(seed + k) mod 2**63``.
 
     Examples
     --------
@@ -135,26 +194,16 @@ class AdapterConfig:
         self.target_modules = _module_selector(self.target_modules, "target_modules", allow_all_linear=True)
         if self.exclude_modules is not None:
             self.exclude_modules = _module_selector(self.exclude_modules, "exclude_modules", allow_all_linear=False)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not math.isfinite(self.alpha):
-            raise TypeError(f"`alpha` must be a finite real number, got {self.alpha!r}.")
-        self.alpha = float(self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
-            raise TypeError(f"`dropout` must be a float in [0, 1), got {self.dropout!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
-        self.dropout = float(self.dropout)
-        if self.stack_by not in STACK_BY:
-            raise ValueError(f"`stack_by` must be one of {STACK_BY}, got {self.stack_by!r}.")
-        if self.init not in INITS:
-            raise ValueError(f"`init` must be one of {INITS}, got {self.init!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
-            raise TypeError(f"`seed` must be a non-negative integer, got {self.seed!r}.")
-        self.seed = int(self.seed)
+        self.alpha = _alpha(self.alpha)
+        self.dropout = _dropout(self.dropout)
+        self.stack_by = _choice(self.stack_by, STACK_BY, "stack_by")
+        self.init = _choice(self.init, INITS, "init")
+        self.seed = _seed(self.seed)
         self._check_format_fields()
 
     # ------------------------------------------------------------------ per format
     def _check_format_fields(self) -> None:
-        self.rank = check_positive_int(self.rank, "rank")
+        self.rank = _size(self.rank, "rank")
 
     @property
     def scaling(self) -> float:
@@ -193,14 +242,30 @@ class AdapterConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @staticmethod
-    def from_dict(data: dict) -> AdapterConfig:
+    def from_dict(data: dict, *, trust_custom_factories: bool | Sequence = False) -> AdapterConfig:
         """Rebuild (and validate) a config from :meth:`to_dict`'s output.
+
+        Parameters
+        ----------
+        data : dict
+            The output of :meth:`to_dict`, e.g. parsed from a file: untrusted.
+        trust_custom_factories : bool or list of (callable or str)
+            A :class:`CustomConfig` whose ``factory`` is not a built-in format is refused unless this is
+            ``True`` (import and call whatever the data names) or a list holding that factory (the
+            function or its ``"module:qualname"``). Nothing is imported before this check.
+
+        Returns
+        -------
+        AdapterConfig
+            The config of the class ``data["format"]`` names.
 
         Raises
         ------
         ValueError
-            If ``"format"`` is missing or unknown, or a field is unknown or invalid.
+            If ``"format"`` is missing or unknown, a field is unknown or invalid, or a custom factory is
+            not trusted.
         """
+        trusted = _trusted_factories(trust_custom_factories)
         if not isinstance(data, dict):
             raise TypeError(f"`data` must be a dict, got {type(data).__name__}.")
         data = dict(data)
@@ -215,12 +280,34 @@ class AdapterConfig:
             raise ValueError(
                 f"`data` has unknown field(s) {unknown} for {cls.__name__}; expected some of {sorted(known)}."
             )
+        if cls is CustomConfig:
+            _check_trusted(data.get("factory"), trusted)
         return cls(**data)
 
     @staticmethod
-    def from_json(text: str) -> AdapterConfig:
-        """Inverse of :meth:`to_json`."""
-        return AdapterConfig.from_dict(json.loads(text))
+    def from_json(text: str, *, trust_custom_factories: bool | Sequence = False) -> AdapterConfig:
+        """Inverse of :meth:`to_json`; ``trust_custom_factories`` as in :meth:`from_dict`.
+
+        Raises
+        ------
+        TypeError
+            If ``text`` is not a string.
+        ValueError
+            If ``text`` is not JSON (NaN and Infinity are refused too) or :meth:`from_dict` refuses it.
+        """
+        if not isinstance(text, str | bytes | bytearray):
+            raise TypeError(f"`text` must be a JSON string, got {type(text).__name__}.")
+        try:
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise ValueError("`text` nests JSON too deeply.") from None
+        except ValueError as exc:
+            raise ValueError(f"`text` is not valid JSON: {exc}.") from None
+        return AdapterConfig.from_dict(data, trust_custom_factories=trust_custom_factories)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"the constant {name} is not allowed; numbers must be finite")
 
 
 @dataclass(kw_only=True)
@@ -265,7 +352,7 @@ class Tucker2Config(AdapterConfig):
 
     def _check_format_fields(self) -> None:
         if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
-            self.rank = check_positive_int(self.rank, "rank")
+            self.rank = _size(self.rank, "rank")
         else:
             self.rank = _int_tuple(self.rank, "rank", length=2)
 
@@ -308,8 +395,13 @@ class CPConfig(AdapterConfig):
 
     def _check_format_fields(self) -> None:
         super()._check_format_fields()
-        if self.heads is not None and self.heads != "auto":
-            self.heads = check_positive_int(self.heads, "heads")
+        if self.heads is None or (isinstance(self.heads, str) and self.heads == "auto"):
+            return
+        if isinstance(self.heads, bool) or not isinstance(self.heads, numbers.Integral):
+            raise TypeError(
+                f"`heads` must be a positive integer, 'auto' or None, got {self.heads!r} ({type(self.heads).__name__})."
+            )
+        self.heads = _size(self.heads, "heads")
 
     def resolve_heads(self, out_features, model_heads):
         """See the class docstring."""
@@ -363,7 +455,7 @@ class TensorTrainConfig(AdapterConfig):
 
     def _check_format_fields(self) -> None:
         if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
-            self.rank = check_positive_int(self.rank, "rank")
+            self.rank = _size(self.rank, "rank")
         else:
             self.rank = _int_tuple(self.rank, "rank")
         for name in ("in_modes", "out_modes"):
@@ -416,7 +508,7 @@ class OrthogonalConfig(AdapterConfig):
     def _check_format_fields(self) -> None:
         super()._check_format_fields()
         if self.inner is not None:
-            self.inner = check_positive_int(self.inner, "inner")
+            self.inner = _size(self.inner, "inner")
             if self.inner < self.rank:
                 raise ValueError(f"`inner`={self.inner} must be >= `rank`={self.rank}.")
 
@@ -425,7 +517,28 @@ class OrthogonalConfig(AdapterConfig):
         return {"rank": self.rank, "inner": self.inner}
 
 
+_PUBLIC_FORMATS = "tensorpeft.decomp"
+
+
+def _builtin_factory(path: str):
+    """The built-in format class a factory string names, found without importing anything; else None.
+
+    ``"tensorpeft.decomp:LoRA"`` (the public name written since) and the private module paths older files
+    hold (``"tensorpeft.decomp._lora:LoRA"``) name a public :mod:`tensorpeft.decomp` format; they are looked
+    up there by name, never imported from the path.
+    """
+    module, _, qualname = path.partition(":")
+    if module != _PUBLIC_FORMATS and not module.startswith(f"{_PUBLIC_FORMATS}."):
+        return None
+    obj = getattr(decomp, qualname, None) if qualname in decomp.__all__ else None
+    if isinstance(obj, type) and issubclass(obj, decomp.TensorNetwork) and obj is not decomp.TensorNetwork:
+        return obj
+    return None
+
+
 def _factory_path(factory) -> str:
+    if isinstance(factory, type) and _builtin_factory(f"{_PUBLIC_FORMATS}:{factory.__name__}") is factory:
+        return f"{_PUBLIC_FORMATS}:{factory.__name__}"  # the public name, never a private module path
     module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
     if not module or "<" in qualname:
         raise ValueError(
@@ -434,10 +547,52 @@ def _factory_path(factory) -> str:
     return f"{module}:{qualname}"
 
 
+def _trusted_factories(value, name: str = "trust_custom_factories") -> bool | frozenset:
+    """Normalize the loading opt-in: ``True``/``False``, or an allow-list of factories (callables or paths)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+        raise TypeError(
+            f"`{name}` must be a bool or a list of factories (functions or 'module:qualname' strings), "
+            f"got {value!r} ({type(value).__name__})."
+        )
+    allowed = set()
+    for k, item in enumerate(value):
+        if isinstance(item, str):
+            module, _, qualname = item.partition(":")
+            if not module or not qualname:
+                raise ValueError(f"`{name}[{k}]` must be a 'module:qualname' string, got {item!r}.")
+            allowed.add(item)
+        elif callable(item):
+            try:
+                allowed.add(_factory_path(item))
+            except ValueError:
+                raise ValueError(f"`{name}[{k}]` must be a module-level function, got {item!r}.") from None
+        else:
+            raise TypeError(f"`{name}[{k}]` must be a function or a 'module:qualname' string, got {item!r}.")
+    return frozenset(allowed)
+
+
+def _check_trusted(path, trusted: bool | frozenset) -> None:
+    """Refuse a factory read from a file unless it is built in or the caller opted in."""
+    if not isinstance(path, str) or _builtin_factory(path) is not None or trusted is True:
+        return  # not a string: the constructor raises the TypeError
+    if trusted and path in trusted:
+        return
+    raise ValueError(
+        f"`factory`={path!r} of this CustomConfig names code to import and run, and the config comes from "
+        "untrusted data; nothing was imported. If you trust its source, pass `trust_custom_factories=True`, "
+        f"or allow this factory only with `trust_custom_factories=[{path!r}]` (or the function itself)."
+    )
+
+
 def _resolve_factory(path: str) -> Callable:
     module, _, qualname = path.partition(":")
     if not module or not qualname:
         raise ValueError(f"`factory` must be a callable or a 'module:qualname' string, got {path!r}.")
+    builtin = _builtin_factory(path)
+    if builtin is not None:
+        return builtin
     try:
         obj = importlib.import_module(module)
         for part in qualname.split("."):
@@ -449,6 +604,40 @@ def _resolve_factory(path: str) -> Callable:
     return obj
 
 
+_MAX_RANK_DEPTH = 16
+
+
+def _json_rank(value, name: str, depth: int = 0):
+    """Check a CustomConfig ``rank``: JSON data whose numbers are all positive, finite sizes.
+
+    Bools, zero or negative numbers, non-finite floats and ints above :data:`MAX_SIZE` are refused
+    anywhere in it; tuples become lists and dict keys must be strings, so the JSON round trip is exact.
+    """
+    if depth > _MAX_RANK_DEPTH:
+        raise ValueError(f"`{name}` is nested more than {_MAX_RANK_DEPTH} levels deep.")
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a positive number, got the bool {value!r}.")
+    if isinstance(value, numbers.Integral):
+        return _size(value, name)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value) or not 0 < value <= MAX_SIZE:
+            raise ValueError(f"`{name}` must be a positive finite number <= {MAX_SIZE}, got {value!r}.")
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_json_rank(v, f"{name}[{k}]", depth + 1) for k, v in enumerate(value)]
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"`{name}` must have string keys (it is stored as JSON), got keys {bad!r}.")
+        return {k: _json_rank(v, f"{name}[{k!r}]", depth + 1) for k, v in value.items()}
+    raise TypeError(
+        f"`{name}` must be JSON data (numbers, strings, lists, dicts) for CustomConfig, "
+        f"got {value!r} ({type(value).__name__})."
+    )
+
+
 @dataclass(kw_only=True)
 class CustomConfig(AdapterConfig):
     r"""Any :class:`tensorpeft.decomp.TensorNetwork` built by a user factory.
@@ -458,13 +647,21 @@ class CustomConfig(AdapterConfig):
     factory : callable or str
         ``factory(stack, out_features, in_features, rank) -> TensorNetwork`` whose ``shape`` is
         ``(*stack, out_features, in_features)``; a module-level function (stored as
-        ``"module:qualname"`` in JSON) or that string.
+        ``"module:qualname"`` in JSON) or that string. A format class of :mod:`tensorpeft.decomp` is
+        stored by its public name (``"tensorpeft.decomp:LoRA"``) and never imported from a path.
     rank : Any JSON value
-        Passed to ``factory`` unchanged.
+        Passed to ``factory`` (tuples as lists). Every number in it must be a positive, finite size
+        (ints at most ``2**31``; bools, zero, negative and non-finite numbers are refused).
 
     Notes
     -----
     Scaling: plain :math:`\alpha` (default 1). ``stack_by`` defaults to ``"name"``.
+
+    A string written in your own code is imported when the config is built: that is your choice. A
+    config parsed from data (:meth:`AdapterConfig.from_dict`, :meth:`~AdapterConfig.from_json`,
+    :meth:`TensorPeftModel.from_pretrained`) is untrusted: a factory other than a built-in format is
+    refused, and nothing is imported, unless the caller passes ``trust_custom_factories=True`` or an
+    allow-list ``trust_custom_factories=[my_formats.fact_tk]``.
 
     Examples
     --------
@@ -475,7 +672,7 @@ class CustomConfig(AdapterConfig):
     >>> from tensorpeft import decomp
     >>> cfg = tp.CustomConfig(factory=decomp.LoRA, rank=2, target_modules=["query"])
     >>> cfg.factory
-    'tensorpeft.decomp._lora:LoRA'
+    'tensorpeft.decomp:LoRA'
     >>> fmt = cfg.build_format((3,), 16, 8)
     >>> type(fmt).__name__, fmt.shape, fmt.num_params
     ('LoRA', (3, 16, 8), 144)
@@ -490,7 +687,11 @@ class CustomConfig(AdapterConfig):
         if self.factory is None:
             raise TypeError("`factory` is required: a function (stack, out_features, in_features, rank) -> format.")
         if isinstance(self.factory, str):
-            _resolve_factory(self.factory)
+            builtin = _builtin_factory(self.factory)
+            if builtin is not None:
+                self.factory = f"{_PUBLIC_FORMATS}:{builtin.__name__}"  # old files name a private module
+            else:
+                _resolve_factory(self.factory)
         elif callable(self.factory):
             path = _factory_path(self.factory)
             if _resolve_factory(path) is not self.factory:
@@ -498,12 +699,7 @@ class CustomConfig(AdapterConfig):
             self.factory = path
         else:
             raise TypeError(f"`factory` must be a callable or a 'module:qualname' string, got {self.factory!r}.")
-        if isinstance(self.rank, tuple):
-            self.rank = list(self.rank)
-        try:
-            json.dumps(self.rank)
-        except TypeError:
-            raise TypeError(f"`rank` must be JSON-serializable for CustomConfig, got {self.rank!r}.") from None
+        self.rank = _json_rank(self.rank, "rank")
 
     @property
     def scaling(self) -> float:

@@ -14,15 +14,15 @@ The scaling is folded into ``lora_B`` and the PEFT config sets ``lora_alpha = r`
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .. import decomp
-from ._serialization import CONFIG_NAME, WEIGHTS_NAME, write_atomic
+from ._serialization import CONFIG_NAME, WEIGHTS_NAME, check_directory_path, write_atomic
 
 __all__ = ["ExportReport", "export_lora", "lora_factors"]
 
@@ -119,6 +119,27 @@ def _relative_error(reference: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -
     return err / ref if ref > 0 else err
 
 
+def _check_model(model) -> None:
+    """``model`` must be a live :class:`TensorPeftModel`."""
+    from ._model import TensorPeftModel
+
+    if not isinstance(model, TensorPeftModel):
+        raise TypeError(f"`model` must be a TensorPeftModel, got {type(model).__name__}.")
+    if model._unloaded:
+        raise ValueError("`model` was unloaded (merge_and_unload/unload); it has no adapter left to export.")
+
+
+def _check_rank(rank) -> int | None:
+    """``None`` or a positive int."""
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise TypeError(f"`rank` must be a positive integer or None, got {rank!r} ({type(rank).__name__}).")
+    if rank < 1:
+        raise ValueError(f"`rank` must be a positive integer or None, got {rank!r}.")
+    return int(rank)
+
+
 def export_lora(model, path, rank: int | None = None) -> ExportReport:
     """Write a PEFT LoRA adapter that ``peft.PeftModel.from_pretrained(base, path)`` loads.
 
@@ -138,8 +159,9 @@ def export_lora(model, path, rank: int | None = None) -> ExportReport:
 
     Raises
     ------
-    ValueError
-        If ``rank`` is not a positive integer.
+    TypeError, ValueError
+        Before anything is written: ``model`` is not a live TensorPeftModel, ``path`` is not a str or
+        PathLike, is empty or lies under an existing file, or ``rank`` is not a positive integer.
 
     Notes
     -----
@@ -160,8 +182,9 @@ def export_lora(model, path, rank: int | None = None) -> ExportReport:
     >>> report.ranks
     {'0': 1, '2': 1}
     """
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"`rank` must be a positive integer or None, got {rank!r}.")
+    _check_model(model)
+    directory = check_directory_path(path)
+    rank = _check_rank(rank)
     tensors, ranks, errors, conv1d = {}, {}, {}, []
     for name, layer in model.adapter_layers():
         B, A = lora_factors(layer.stack, layer.index)
@@ -196,5 +219,8 @@ def export_lora(model, path, rank: int | None = None) -> ExportReport:
         "modules_to_save": None,
     }
     payload = safetensors_bytes(tensors, metadata={"format": "pt"})
-    write_atomic(Path(path), {WEIGHTS_NAME: payload, CONFIG_NAME: json.dumps(peft_config, indent=2).encode()})
-    return ExportReport(path=str(path), ranks=ranks, errors=errors)
+    try:
+        write_atomic(directory, {WEIGHTS_NAME: payload, CONFIG_NAME: json.dumps(peft_config, indent=2).encode()})
+    except OSError as exc:  # permissions, a read-only file system, a name too long
+        raise ValueError(f"`path`={str(directory)!r} cannot be written: {exc}.") from exc
+    return ExportReport(path=str(directory), ranks=ranks, errors=errors)

@@ -67,18 +67,39 @@ class StackPlan:
 
     @staticmethod
     def from_dict(data: dict) -> StackPlan:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; strict: every count must be a JSON integer (no ``2.7``, no ``"3"``)."""
         try:
+            if not isinstance(data, dict) or not isinstance(data["name"], str):
+                raise TypeError("expected a dict with a string `name`")
             return StackPlan(
-                name=str(data["name"]),
-                stack=tuple(int(s) for s in data["stack"]),
-                out_features=int(data["out_features"]),
-                in_features=int(data["in_features"]),
-                heads=None if data["heads"] is None else int(data["heads"]),
-                members=tuple((str(n), tuple(int(k) for k in i)) for n, i in data["members"]),
+                name=data["name"],
+                stack=tuple(_count(s) for s in _items(data["stack"])),
+                out_features=_count(data["out_features"]),
+                in_features=_count(data["in_features"]),
+                heads=None if data["heads"] is None else _count(data["heads"]),
+                members=tuple(_member(m) for m in _items(data["members"])),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"`stacks` entry {data!r} is malformed: {exc!r}.") from None
+            raise ValueError(f"`stacks` entry {data!r:.300} is malformed: {exc}.") from None
+
+
+def _items(value) -> list:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _count(value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TypeError(f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _member(value) -> tuple[str, tuple[int, ...]]:
+    name, index = _items(value)
+    if not isinstance(name, str):
+        raise TypeError(f"expected a module name, got {name!r}")
+    return name, tuple(_count(k, minimum=0) for k in _items(index))
 
 
 def _kind_and_layer(name: str) -> tuple[str, tuple[int, ...]]:
@@ -166,7 +187,8 @@ def plan_stacks(model: nn.Module, config) -> list[tuple[StackPlan, object]]:
         try:
             fmt = config.build_format(stack, out_features, in_features, heads)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{type(config).__name__} does not fit {what}: {exc}") from None
+            kind = TypeError if isinstance(exc, TypeError) else ValueError  # subclasses may take other arguments
+            raise kind(f"{type(config).__name__} does not fit {what}: {exc}") from None
         plan = StackPlan(name, tuple(stack), out_features, in_features, heads, tuple(members))
         plans.append((plan, fmt))
     return plans

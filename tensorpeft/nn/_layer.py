@@ -5,9 +5,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._targets import linear_shape
+from ..decomp._validate import check_fraction, normalize_index
+from ._targets import is_adaptable, linear_shape
 
 __all__ = ["AdapterLinear"]
+
+
+def _check_layer_arguments(base_layer, stack, index, dropout) -> tuple[tuple[int, ...], float]:
+    """The normalized ``index`` and ``dropout``, once the layer and the stack are known to fit."""
+    from ._stack import AdapterStack
+
+    if not is_adaptable(base_layer):
+        raise TypeError(
+            f"`base_layer` must be an nn.Linear or transformers Conv1D layer, got {type(base_layer).__name__}."
+        )
+    if not isinstance(stack, AdapterStack):
+        raise TypeError(f"`stack` must be an AdapterStack, got {type(stack).__name__}.")
+    fmt = stack.format
+    if linear_shape(base_layer) != (fmt.out_features, fmt.in_features):
+        raise ValueError(
+            f"`base_layer` is {linear_shape(base_layer)[0]}×{linear_shape(base_layer)[1]} (out × in), but `stack` "
+            f"holds updates of {fmt.out_features}×{fmt.in_features}."
+        )
+    return normalize_index(index, tuple(fmt.stack)), check_fraction(dropout, "dropout")
 
 
 class AdapterLinear(nn.Module):
@@ -24,7 +44,14 @@ class AdapterLinear(nn.Module):
     index : tuple of int
         This layer's slice of the stack.
     dropout : float
-        Dropout on the adapter's input only, as PEFT's ``lora_dropout``.
+        Dropout on the adapter's input only, as PEFT's ``lora_dropout``, in ``[0, 1)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``base_layer`` is not a linear layer of the stack's ``out × in``, ``stack`` is not an
+        :class:`AdapterStack`, ``index`` is not a tuple of in-range ints over the stack modes, or
+        ``dropout`` is outside ``[0, 1)``.
 
     Notes
     -----
@@ -51,10 +78,11 @@ class AdapterLinear(nn.Module):
 
     def __init__(self, base_layer: nn.Module, stack: nn.Module, index: tuple[int, ...], dropout: float = 0.0):
         super().__init__()
+        index, dropout = _check_layer_arguments(base_layer, stack, index, dropout)
         self.base_layer = base_layer
         self.adapter_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.__dict__["stack"] = stack  # deliberately not a submodule (see the class docstring)
-        self.index = tuple(index)
+        self.index = index
         self.out_features, self.in_features = linear_shape(base_layer)
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
         self.merged = False

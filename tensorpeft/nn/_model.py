@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..decomp._validate import check_allocation
 from ._config import AdapterConfig
 from ._grouping import StackPlan, plan_stacks
 from ._init import adapter_dtype, initial_factors, pretrained_stack
@@ -50,8 +53,11 @@ class TensorPeftModel(nn.Module):
     Raises
     ------
     TypeError, ValueError
-        Before anything is modified: a bad config, a target matching nothing or a non-linear module,
-        a rank that does not fit a stack, factors of the wrong names or shapes.
+        Before anything is modified or allocated: a bad config, a target matching nothing or a
+        non-linear module, a rank that does not fit a stack, factors of the wrong names, types or
+        shapes, a ``trainable`` that is not a bool, or factors (with ``init="svd"`` also the stacked
+        pretrained weights) whose total over all stacks exceeds the memory of their device: the
+        machine's physical memory, or the free memory of the CUDA device holding the weights.
 
     Notes
     -----
@@ -74,26 +80,17 @@ class TensorPeftModel(nn.Module):
 
     def __init__(self, base_model: nn.Module, config: AdapterConfig, *, factors=None, trainable: bool = True):
         super().__init__()
-        if not isinstance(config, AdapterConfig):
-            raise TypeError(f"`config` must be an AdapterConfig (e.g. Tucker2Config), got {type(config).__name__}.")
-        if not isinstance(base_model, nn.Module):
-            raise TypeError(f"`base_model` must be a torch.nn.Module, got {type(base_model).__name__}.")
+        _check_arguments(base_model, config, factors, trainable)
         planned = plan_stacks(base_model, config)
         modules = dict(base_model.named_modules())
+        _check_memory(planned, modules, config)
         stacks = {}
         for k, (plan, fmt) in enumerate(planned):
             layers = [(modules[n], index) for n, index in plan.members]
-            weight = layers[0][0].weight
             if factors is None:
-                dtype = adapter_dtype(weight)
-                dense = pretrained_stack(layers, fmt.shape, dtype) if config.init == "svd" else None
-                init = initial_factors(fmt, config.init, config.seed + k, dtype, weight.device, dense)
+                init = _initial_factors(layers, fmt, config, (config.seed + k) % 2**63)  # seeds stay in [0, 2**63)
             else:
-                if plan.name not in factors:
-                    raise ValueError(
-                        f"`factors` has no entry for stack {plan.name!r}; expected {[p.name for p, _ in planned]}."
-                    )
-                init = factors[plan.name]
+                init = _given_factors(factors, plan.name, [p.name for p, _ in planned])
             stacks[plan.name] = AdapterStack(fmt, config.scaling, init)  # validates names and shapes
 
         # Nothing above touched the base model; from here on nothing can fail on user input.
@@ -243,7 +240,11 @@ class TensorPeftModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``path`` (atomically).
 
-        See :func:`tensorpeft.nn.save_adapter`.
+        Both files go into a fresh hidden sibling directory that then takes ``path``'s place in one
+        step (with any other files ``path`` held), so ``path`` always holds the complete old adapter or
+        the complete new one, even if the process is killed; the next save removes what a killed save
+        left. Factors with NaN/inf values are refused before anything is written. See
+        :func:`tensorpeft.nn.save_adapter`.
         """
         from ._serialization import save_adapter
 
@@ -252,18 +253,56 @@ class TensorPeftModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, base_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False
+        cls,
+        base_model: nn.Module,
+        path: str | os.PathLike,
+        is_trainable: bool = False,
+        *,
+        trust_custom_factories: bool | list = False,
     ) -> TensorPeftModel:
         """Load an adapter saved by :meth:`save_pretrained` onto ``base_model``.
 
-        The config, every stack's member names and shapes, and every tensor (names, shapes, checksum)
-        are validated before ``base_model`` is touched; on any mismatch a ValueError names what
-        differs and ``base_model`` is unchanged. With ``is_trainable=False`` (default) the factors are
-        frozen and the model is put in eval mode, as PEFT.
+        Parameters
+        ----------
+        base_model : nn.Module
+            A model of the architecture the adapter was saved for; modified in place, and only after
+            every check has passed.
+        path : str or PathLike
+            The adapter directory (untrusted: nothing it names is imported without the opt-in below).
+        is_trainable : bool
+            ``False`` (default): the factors are frozen and the model is put in eval mode, as PEFT.
+        trust_custom_factories : bool or list of (callable or str)
+            Only for a :class:`CustomConfig` adapter, whose config names a factory to import and call.
+            Refused by default (nothing is imported); ``True`` trusts whatever the file names, a list
+            such as ``[my_formats.fact_tk]`` or ``["my_formats:fact_tk"]`` allows only those factories.
+            Built-in formats never need it and are never imported from a path in the file.
+
+        Returns
+        -------
+        TensorPeftModel
+            The base model with the saved adapter.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the argument, file or field, with ``base_model`` unchanged (same state_dict keys,
+            bytes and ``requires_grad`` flags): a bad argument (``is_trainable`` must be a bool), a
+            file that is not a regular file or is too large, JSON that is not strict (NaN, ``1e999``,
+            too deep), an untrusted factory, stacks that do not match ``base_model``, tensors of wrong
+            names, shapes or checksum, a dtype the forward cannot run, NaN or inf values.
+
+        Notes
+        -----
+        Dtypes: every factor keeps the dtype stored in the file when it is float16, bfloat16, float32
+        or float64 (the factors of one stack must share it); any other dtype (float8, integers, ...)
+        is a ValueError naming the tensor and its dtype, never a silent conversion. Factors are moved
+        to the device of their stack's first layer.
         """
         from ._serialization import load_adapter
 
-        return load_adapter(cls, base_model, path, is_trainable=is_trainable)
+        return load_adapter(
+            cls, base_model, path, is_trainable=is_trainable, trust_custom_factories=trust_custom_factories
+        )
 
     def export_lora(self, path: str | os.PathLike, rank: int | None = None):
         """Write a standard PEFT LoRA adapter that reproduces this model; see :func:`tensorpeft.nn.export_lora`."""
@@ -271,6 +310,76 @@ class TensorPeftModel(nn.Module):
 
         self._check_live()
         return export_lora(self, path, rank=rank)
+
+
+def _check_arguments(base_model, config, factors, trainable) -> None:
+    """Type checks of :class:`TensorPeftModel`'s arguments, before anything is planned or touched."""
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(f"`config` must be an AdapterConfig (e.g. Tucker2Config), got {type(config).__name__}.")
+    if not isinstance(base_model, nn.Module):
+        raise TypeError(f"`base_model` must be a torch.nn.Module, got {type(base_model).__name__}.")
+    if not isinstance(trainable, bool):
+        raise TypeError(f"`trainable` must be a bool, got {trainable!r} ({type(trainable).__name__}).")
+    if factors is not None and not isinstance(factors, Mapping):
+        raise TypeError(
+            f"`factors` must be None or a dict {{stack name: {{factor name: tensor}}}}, got {type(factors).__name__}."
+        )
+
+
+def _given_factors(factors: Mapping, name: str, names: list[str]) -> dict:
+    """The factors of stack ``name`` from the ``factors`` argument, checked to be a dict of tensors."""
+    extra = sorted(str(n) for n in factors if n not in names)
+    if extra:
+        raise ValueError(f"`factors` has entries {extra} for no stack of this model; expected {names}.")
+    if name not in factors:
+        raise ValueError(f"`factors` has no entry for stack {name!r}; expected {names}.")
+    entry = factors[name]
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"`factors[{name!r}]` must be a dict of tensors, got {type(entry).__name__}.")
+    for key, value in entry.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"`factors[{name!r}][{key!r}]` must be a torch.Tensor, got {type(value).__name__}.")
+    return dict(entry)
+
+
+def _initial_factors(layers, fmt, config: AdapterConfig, seed: int) -> dict:
+    """``config.init``'s factors of one stack, on its weights' device (SVD needs finite weights)."""
+    weight = layers[0][0].weight
+    dtype = adapter_dtype(weight)
+    dense = None
+    if config.init == "svd":
+        dense = pretrained_stack(layers, fmt.shape, dtype)
+        if not bool(torch.isfinite(dense).all()):
+            raise ValueError(
+                f"`init`='svd' needs finite pretrained weights, but a layer like {layers[0][0]!r} holds NaN or "
+                "infinite values; use `init`='zero'."
+            )
+    return initial_factors(fmt, config.init, seed, dtype, weight.device, dense)
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Free bytes of a CUDA device (``torch.cuda.mem_get_info``); ``None`` (host memory) otherwise."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def _check_memory(planned, modules: dict, config: AdapterConfig) -> None:
+    """Refuse, before any allocation, stacks whose factors (and SVD inputs) exceed their device's memory.
+
+    Summed over all stacks per device, at the largest adapter itemsize of that device (an upper bound).
+    """
+    needed: dict[torch.device, list[int]] = {}
+    for plan, fmt in planned:
+        weight = modules[plan.members[0][0]].weight
+        if weight.device.type == "meta":
+            continue
+        n = fmt.num_params + (math.prod(fmt.shape) if config.init == "svd" else 0)
+        entry = needed.setdefault(weight.device, [0, 1])
+        entry[0] += n
+        entry[1] = max(entry[1], adapter_dtype(weight).itemsize)
+    for device, (n_scalars, itemsize) in needed.items():
+        check_allocation(n_scalars, itemsize, "rank", available=_device_memory(device))
 
 
 def get_peft_model(model: nn.Module, config: AdapterConfig) -> TensorPeftModel:
@@ -302,4 +411,6 @@ def get_peft_model(model: nn.Module, config: AdapterConfig) -> TensorPeftModel:
     >>> model.get_nb_trainable_parameters()  # A, B shared by the two layers + two 2×2 cores
     (72, 616)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     return TensorPeftModel(model, config)

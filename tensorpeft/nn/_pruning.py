@@ -421,6 +421,51 @@ class RankPruner:
             "final_done": self._final_done,
         }
 
+    def _check_state(self, state) -> None:
+        """Raise unless ``state`` has this pruner's keys, stacks, shapes and types (see :meth:`load_state_dict`)."""
+        keys = {"masks", "avg_ipt", "avg_unc", "final_done"}
+        if not isinstance(state, dict) or set(state) != keys:
+            got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"`state` must be a dict from RankPruner.state_dict() (keys {sorted(keys)}), got {got}.")
+        masks = state["masks"]
+        if not isinstance(masks, dict) or set(masks) != set(self.masks):
+            got = sorted(map(str, masks)) if isinstance(masks, dict) else type(masks).__name__
+            raise ValueError(f"`state['masks']` must have the LoRA² stacks {sorted(self.masks)}, got {got}.")
+        for k, m in masks.items():
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != self.masks[k].shape:
+                raise ValueError(
+                    f"`state['masks'][{k!r}]` must be a bool tensor of shape {tuple(self.masks[k].shape)}, got {m!r}."
+                )
+        for key in ("avg_ipt", "avg_unc"):
+            self._check_importances(state[key], key)
+        if not isinstance(state["final_done"], bool):
+            raise TypeError(f"`state['final_done']` must be a bool, got {state['final_done']!r}.")
+
+    def _importances_on_device(self, value: dict) -> dict:
+        """Copies of saved importances on the device of their stack's factors."""
+        out = {}
+        for k, v in value.items():
+            device = getattr(self._stacks[k], "lambda").device
+            out[k] = {f: t.detach().clone().to(device) for f, t in v.items()}
+        return out
+
+    def _check_importances(self, value, key: str) -> None:
+        if not isinstance(value, dict):
+            raise TypeError(f"`state[{key!r}]` must be a dict of stacks, got {type(value).__name__}.")
+        for k, v in value.items():
+            if k not in self._stacks:
+                raise ValueError(f"`state[{key!r}]` has importances of unknown stack {k!r}.")
+            shapes, dtype = self._stacks[k].format.factor_shapes, self._stacks[k].dtype
+            if not isinstance(v, dict) or set(v) != set(_SCORED):
+                raise ValueError(f"`state[{key!r}][{k!r}]` must be a dict of tensors {list(_SCORED)}, got {v!r}.")
+            for f in _SCORED:
+                t = v[f]
+                if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != tuple(shapes[f]):
+                    raise ValueError(
+                        f"`state[{key!r}][{k!r}][{f!r}]` must be a {dtype} tensor of shape {tuple(shapes[f])}, "
+                        f"got {t!r}."
+                    )
+
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (checked against this model's LoRA² stacks), then :meth:`apply_mask`.
 
@@ -431,8 +476,9 @@ class RankPruner:
 
         Raises
         ------
-        ValueError
-            If the stacks or shapes differ; nothing is changed then.
+        TypeError, ValueError
+            If the keys, stacks, shapes, dtypes or types differ from this pruner's (masks must be bool
+            tensors, importances tensors of the factors' dtype); nothing is changed then.
 
         Examples
         --------
@@ -442,23 +488,10 @@ class RankPruner:
         >>> pruner = tp.RankPruner(model, target_rank=1, total_steps=4, warmup_steps=0, final_steps=1, interval=1)
         >>> pruner.load_state_dict(pruner.state_dict())
         """
-        if not isinstance(state, dict) or set(state) != {"masks", "avg_ipt", "avg_unc", "final_done"}:
-            raise ValueError("`state` must be a dict from RankPruner.state_dict().")
+        self._check_state(state)
         masks = state["masks"]
-        if set(masks) != set(self.masks) or any(masks[k].shape != self.masks[k].shape for k in masks):
-            raise ValueError(
-                f"`state` is for LoRA² stacks {sorted(masks)} with other shapes; this pruner has "
-                f"{ {k: tuple(m.shape) for k, m in self.masks.items()} }."
-            )
-        for d in (state["avg_ipt"], state["avg_unc"]):
-            for k, v in d.items():
-                if k not in self._stacks:
-                    raise ValueError(f"`state` has importances of unknown stack {k!r}.")
-                shapes = self._stacks[k].format.factor_shapes
-                if set(v) != set(_SCORED) or any(tuple(v[f].shape) != tuple(shapes[f]) for f in _SCORED):
-                    raise ValueError(f"`state` importances of stack {k!r} do not match its factors λ, U2, V2.")
-        self.masks = {k: m.clone().to(torch.bool).to(self.masks[k].device) for k, m in masks.items()}
-        self._avg_ipt = {k: {f: t.clone() for f, t in v.items()} for k, v in state["avg_ipt"].items()}
-        self._avg_unc = {k: {f: t.clone() for f, t in v.items()} for k, v in state["avg_unc"].items()}
-        self._final_done = bool(state["final_done"])
+        self.masks = {k: m.clone().to(self.masks[k].device) for k, m in masks.items()}
+        self._avg_ipt = self._importances_on_device(state["avg_ipt"])
+        self._avg_unc = self._importances_on_device(state["avg_unc"])
+        self._final_done = state["final_done"]
         self.apply_mask()

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import weakref
 
 import torch
 from torch import nn
 
+from .. import decomp
+from ._config import MAX_ALPHA
 from ._kernels import eye_like, kernel_for
 
 __all__ = ["AdapterStack"]
+
+
+def _check_stack_arguments(fmt, scaling, factors) -> None:
+    """A format, a finite real scaling within the configs' bound, and a dict of its torch factors."""
+    if not isinstance(fmt, decomp.TensorNetwork):
+        raise TypeError(f"`fmt` must be a tensorpeft.decomp format (TensorNetwork), got {type(fmt).__name__}.")
+    if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not math.isfinite(scaling):
+        raise TypeError(f"`scaling` must be a finite real number, got {scaling!r} ({type(scaling).__name__}).")
+    if abs(scaling) > MAX_ALPHA:
+        raise ValueError(f"`scaling` must be in [-{MAX_ALPHA:g}, {MAX_ALPHA:g}], got {scaling!r}.")
+    fmt.check_factors(factors)
+    for name in fmt.factor_names:
+        if not isinstance(factors[name], torch.Tensor):
+            raise TypeError(f"`factors[{name!r}]` must be a torch.Tensor, got {type(factors[name]).__name__}.")
 
 
 class AdapterStack(nn.Module):
@@ -24,9 +42,14 @@ class AdapterStack(nn.Module):
     fmt : decomp.TensorNetwork
         The format of the stack (shape ``(*stack, out_features, in_features)``).
     scaling : float
-        Multiplies every slice's update.
+        Multiplies every slice's update; finite, ``|scaling| <= 1e6`` (see ``AdapterConfig.alpha``).
     factors : dict[str, torch.Tensor]
         Initial factors (checked against the format).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``fmt`` is not a format, ``scaling`` not a bounded finite real, or the factors do not fit ``fmt``.
 
     Notes
     -----
@@ -47,7 +70,7 @@ class AdapterStack(nn.Module):
 
     def __init__(self, fmt, scaling: float, factors: dict):
         super().__init__()
-        fmt.check_factors(factors)
+        _check_stack_arguments(fmt, scaling, factors)
         self.format = fmt
         self.scaling = float(scaling)
         for name in fmt.factor_names:

@@ -207,3 +207,23 @@ def test_low_precision_weights_get_factors_of_their_dtype():
     with torch.no_grad():
         y, y0 = model(x).float(), reference(x).float()
     assert float((y - y0).norm() / y0.norm()) < 3e-2
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((3, torch.zeros(2, 3)), TypeError, r"`U` must be a floating-point torch.Tensor, got int"),
+        ((torch.zeros(4, 2), [[0.0] * 3] * 2), TypeError, r"`V` must be a floating-point torch.Tensor, got list"),
+        ((torch.zeros(4, 2, dtype=torch.long),) * 2, TypeError, r"`U` must be a floating-point .* got torch.int64"),
+        ((torch.zeros(4, 2), torch.zeros(2, 3), 3), TypeError, r"`bias` must be a floating-point .* got int"),
+        ((torch.zeros(4, 0), torch.zeros(0, 3)), ValueError, r"must chain with rank >= 1"),
+        (
+            (torch.zeros(4, 2), torch.zeros(2, 3), torch.zeros(4, dtype=torch.float64)),
+            ValueError,
+            r"`bias` must have the dtype and device of `U`",
+        ),
+    ],
+)
+def test_low_rank_linear_argument_types(args, exc, match):
+    with pytest.raises(exc, match=match):
+        LowRankLinear(*args)

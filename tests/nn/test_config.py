@@ -107,8 +107,108 @@ def test_custom_config_stores_an_import_path(custom_factory):
     fn = importlib.import_module("user_formats").shared_core
     cfg = tp.CustomConfig(factory=fn, rank=2, target_modules=["q"])
     assert cfg.factory == custom_factory
-    assert tp.AdapterConfig.from_json(cfg.to_json()) == cfg
+    assert tp.AdapterConfig.from_json(cfg.to_json(), trust_custom_factories=[fn]) == cfg
     with pytest.raises(ValueError, match="importable module-level function"):
         tp.CustomConfig(factory=lambda *a: None, target_modules=["q"])
     with pytest.raises(ValueError, match=r"`factory`='no_such_module:f' cannot be imported"):
         tp.CustomConfig(factory="no_such_module:f", target_modules=["q"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"alpha": 1e308}, ValueError, ["`alpha`", "1e+308", "1e+06"]),
+        ({"alpha": -2e6}, ValueError, ["`alpha`", "-2000000.0"]),
+        ({"alpha": float("inf")}, TypeError, ["`alpha`", "inf"]),
+        ({"rank": 2**31 + 1}, ValueError, ["`rank`", str(2**31 + 1), str(2**31)]),
+        ({"rank": 10**20}, ValueError, ["`rank`", str(10**20)]),
+        ({"rank": True}, TypeError, ["`rank`", "True"]),
+        ({"seed": -1}, ValueError, ["`seed`", "-1"]),
+        ({"seed": 2**64}, ValueError, ["`seed`", str(2**64)]),
+        ({"seed": 1.5}, TypeError, ["`seed`", "1.5"]),
+        ({"stack_by": ["name"]}, TypeError, ["`stack_by`", "['name']"]),
+        ({"init": None}, TypeError, ["`init`", "None"]),
+        ({"dropout": float("nan")}, ValueError, ["`dropout`", "nan"]),
+    ],
+)
+def test_nonsense_and_huge_fields_are_refused(kwargs, exc, words):
+    for cls in ALL:
+        with pytest.raises(exc) as info:
+            cls(**({"target_modules": ["q"]} | kwargs))
+        for w in words:
+            assert w in str(info.value), (cls, str(info.value))
+
+
+def test_numpy_array_fields_are_type_errors_not_ambiguous_truth_values():
+    import numpy as np
+
+    for field in ("stack_by", "init"):
+        with pytest.raises(TypeError, match=f"`{field}`"):
+            tp.LoRAConfig(target_modules=["q"], **{field: np.array(["name", "shape"])})
+    with pytest.raises(TypeError, match="`heads`"):
+        tp.CPConfig(target_modules=["q"], heads=np.array([2, 4]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"share_stack": "no"}, TypeError, ["`share_stack`", "'no'"]),
+        ({"share_stack": 1}, TypeError, ["`share_stack`", "1"]),
+        ({"in_modes": (2**40, 2)}, ValueError, ["`in_modes[0]`", str(2**40)]),
+        ({"rank": (2, 2**33)}, ValueError, ["`rank[1]`", str(2**33)]),
+        ({"rank": ()}, ValueError, ["`rank`", "empty"]),
+    ],
+)
+def test_tensor_train_fields(kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        tp.TensorTrainConfig(target_modules=["q"], **kwargs)
+    for w in words:
+        assert w in str(info.value), str(info.value)
+
+
+def test_bounds_of_the_other_format_fields():
+    with pytest.raises(ValueError, match=r"`rank\[0\]`=4294967296 exceeds"):
+        tp.Tucker2Config(rank=(2**32, 2), target_modules=["q"])
+    with pytest.raises(ValueError, match=r"`heads`=4294967296 exceeds"):
+        tp.CPConfig(heads=2**32, target_modules=["q"])
+    with pytest.raises(ValueError, match=r"`inner`=4294967296 exceeds"):
+        tp.OrthogonalConfig(rank=2, inner=2**32, target_modules=["q"])
+    with pytest.raises(TypeError, match=r"`heads` must be a positive integer, 'auto' or None, got 'Auto'"):
+        tp.CPConfig(heads="Auto", target_modules=["q"])
+
+
+def test_the_largest_allowed_alpha_and_rank_are_accepted():
+    cfg = tp.LoRAConfig(rank=2**31, alpha=-1e6, target_modules=["q"])
+    assert (cfg.rank, cfg.alpha) == (2**31, -1e6)
+
+
+@pytest.mark.parametrize(
+    ("rank", "exc", "words"),
+    [
+        (0, ValueError, ["`rank`", "0"]),
+        (-3, ValueError, ["`rank`", "-3"]),
+        (True, TypeError, ["`rank`", "True"]),
+        ([2, False], TypeError, ["`rank[1]`", "False"]),
+        ([1, float("nan")], ValueError, ["`rank[1]`", "nan"]),
+        ({"r": float("inf")}, ValueError, ["`rank['r']`", "inf"]),
+        ({"r": [1, 0]}, ValueError, ["`rank['r'][1]`", "0"]),
+        (2**40, ValueError, ["`rank`", str(2**40)]),
+        (0.0, ValueError, ["`rank`", "0.0"]),
+        ({1: 2}, TypeError, ["`rank`", "keys"]),
+        (1e300, ValueError, ["`rank`", "1e+300"]),
+    ],
+)
+def test_custom_config_refuses_nonsense_anywhere_in_rank(rank, exc, words):
+    from tensorpeft import decomp
+
+    with pytest.raises(exc) as info:
+        tp.CustomConfig(factory=decomp.LoRA, rank=rank, target_modules=["q"])
+    for w in words:
+        assert w in str(info.value), str(info.value)
+
+
+def test_custom_config_accepts_nested_json_ranks():
+    from tensorpeft import decomp
+
+    cfg = tp.CustomConfig(factory=decomp.LoRA, rank={"r": [1, 2], "name": "x", "f": 0.5}, target_modules=["q"])
+    assert tp.AdapterConfig.from_json(cfg.to_json()) == cfg

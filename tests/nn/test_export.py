@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import tensorpeft as tp
+from tensorpeft.nn import export_lora
 
 peft = pytest.importorskip("peft")
 
@@ -93,3 +94,67 @@ def test_equal_to_peft_lora_given_the_same_weights(make_model, helpers, ids, kin
             stack.B.copy_(B.reshape(stack.B.shape))
         assert helpers.rel_err(helpers.output_of(ours(ids)), helpers.output_of(theirs(ids))) <= 1e-6
     assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    return tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+
+
+@pytest.mark.parametrize(
+    ("rank", "exc", "match"),
+    [
+        (2.0, TypeError, r"`rank` must be a positive integer or None, got 2.0 \(float\)"),
+        (True, TypeError, r"`rank` must be a positive integer or None, got True"),
+        ("2", TypeError, r"`rank` must be a positive integer or None, got '2'"),
+        (-(10**30), ValueError, r"`rank` must be a positive integer or None, got -1000000000000000000000000000000"),
+    ],
+)
+def test_export_rank_types(tmp_path, rank, exc, match):
+    with pytest.raises(exc, match=match):
+        export_lora(_tiny_model(), tmp_path / "x", rank=rank)
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_accepts_numpy_and_huge_ranks(tmp_path):
+    import numpy as np
+
+    assert export_lora(_tiny_model(), tmp_path / "a", rank=np.int64(1)).ranks == {"0": 1, "2": 1}
+    assert export_lora(_tiny_model(), tmp_path / "b", rank=10**30).ranks == {"0": 2, "2": 2}
+
+
+@pytest.mark.parametrize(
+    ("path", "exc", "match"),
+    [
+        (3, TypeError, r"`path` must be a str or os.PathLike directory, got 3 \(int\)"),
+        (None, TypeError, r"`path` must be a str or os.PathLike directory, got None"),
+        (b"out", TypeError, r"`path` must be a str or os.PathLike directory, got b'out' \(bytes\)"),
+        ("", ValueError, r"`path` must be a non-empty directory name"),
+        ("a\x00b", ValueError, r"`path` must be a non-empty directory name without NUL"),
+        ("x" * 5000, ValueError, r"`path`='x+' cannot be"),
+    ],
+)
+def test_export_path_types(tmp_path, monkeypatch, path, exc, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(exc, match=match):
+        export_lora(_tiny_model(), path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_under_an_existing_file_writes_nothing(tmp_path):
+    (tmp_path / "file").write_text("keep")
+    for path in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(ValueError, match=r"`path`=.* is not a directory: .* is an existing file"):
+            export_lora(_tiny_model(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "keep"
+
+
+def test_export_model_must_be_a_live_tensor_peft_model(tmp_path):
+    with pytest.raises(TypeError, match=r"`model` must be a TensorPeftModel, got Sequential"):
+        export_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "x")
+    model = _tiny_model()
+    model.unload()
+    with pytest.raises(ValueError, match=r"`model` was unloaded"):
+        export_lora(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -193,7 +193,9 @@ def test_custom_format_end_to_end(make_model, helpers, ids, custom_factory, tmp_
         assert helpers.rel_err(helpers.output_of(model(ids)), adapted) <= 1e-5
         model.unmerge_adapter()
     model.save_pretrained(tmp_path / "custom")
-    loaded = tp.TensorPeftModel.from_pretrained(make_model("bert"), tmp_path / "custom")
+    loaded = tp.TensorPeftModel.from_pretrained(
+        make_model("bert"), tmp_path / "custom", trust_custom_factories=[custom_factory]
+    )
     with torch.no_grad():
         assert torch.equal(helpers.output_of(loaded(ids)), adapted)
 
@@ -267,3 +269,136 @@ def test_deepcopy_keeps_one_stack_per_group(make_model, helpers, ids):
     assert all(id(layer.stack) in stacks for _, layer in twin.adapter_layers())
     with torch.no_grad():
         assert torch.equal(helpers.output_of(twin(ids)), helpers.output_of(model(ids)))
+
+
+def _snapshot(model):
+    """Everything a failed call must leave alone: keys, bytes, flags and module types."""
+    return (
+        [(k, v.dtype, tuple(v.shape), v.detach().cpu().numpy().tobytes()) for k, v in model.state_dict().items()],
+        [(n, p.requires_grad) for n, p in model.named_parameters()],
+        [(n, type(m)) for n, m in model.named_modules()],
+    )
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+
+
+@pytest.mark.parametrize("trainable", [3, "yes", None, [], 1.0])
+def test_bad_trainable_is_refused_before_the_base_is_touched(trainable):
+    base = _mlp()
+    base[2].weight.requires_grad_(False)  # a mixed pattern of flags must survive too
+    before = _snapshot(base)
+    with pytest.raises(TypeError, match=r"`trainable` must be a bool, got"):
+        tp.nn.TensorPeftModel(base, tp.LoRAConfig(rank=2, target_modules=["0", "2"]), trainable=trainable)
+    assert _snapshot(base) == before
+
+
+@pytest.mark.parametrize(
+    ("factors", "exc", "match"),
+    [
+        (3, TypeError, r"`factors` must be None or a dict"),
+        ({"0": 3}, TypeError, r"`factors\['0'\]` must be a dict of tensors, got int"),
+        ({"0": {"A": "x", "B": 1}}, TypeError, r"`factors\['0'\]\['A'\]` must be a torch.Tensor, got str"),
+        ({"0": {}, "nope": {}}, ValueError, r"`factors` has entries \['nope'\] for no stack"),
+        ({"1": {}}, ValueError, r"`factors` has"),
+    ],
+)
+def test_bad_factors_are_refused_before_the_base_is_touched(factors, exc, match):
+    base = _mlp()
+    before = _snapshot(base)
+    with pytest.raises(exc, match=match):
+        tp.nn.TensorPeftModel(base, tp.LoRAConfig(rank=2, target_modules=["0"]), factors=factors)
+    assert _snapshot(base) == before
+
+
+def test_factors_that_do_not_fit_the_memory_are_refused_before_allocation(monkeypatch):
+    import tensorpeft.decomp._validate as validate
+
+    # each of the two stacks (rank 2**18 · 32 fp32 scalars = 32 MiB) fits in 48 MiB, both together do not
+    monkeypatch.setattr(validate, "physical_memory_bytes", lambda: 48 * 2**20)
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: pytest.fail("allocated before the memory check"))
+    base = _mlp()
+    before = _snapshot(base)
+    with pytest.raises(ValueError, match=r"`rank` asks for 16,777,216 scalars \(0.1 GiB\), more than the 0.0 GiB"):
+        tp.get_peft_model(base, tp.CPConfig(rank=2**18, target_modules=["0", "2"], stack_by="module"))
+    assert _snapshot(base) == before
+
+
+def test_a_rank_far_beyond_memory_is_a_clear_error():
+    base = _mlp()
+    before = _snapshot(base)
+    with pytest.raises(ValueError, match=r"`rank` asks for .* GiB\), more than the"):
+        tp.get_peft_model(base, tp.CPConfig(rank=2**31, target_modules=["0", "2"]))
+    assert _snapshot(base) == before
+
+
+def test_cuda_memory_is_the_free_memory_of_the_device(monkeypatch):
+    from tensorpeft.nn._model import _device_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123, 456))
+    assert _device_memory(torch.device("cuda", 0)) == 123
+    assert _device_memory(torch.device("cpu")) is None
+
+
+def test_svd_init_of_non_finite_weights_is_a_value_error():
+    base = _mlp()
+    with torch.no_grad():
+        base[0].weight[0, 0] = float("nan")
+    before = _snapshot(base)
+    with pytest.raises(ValueError, match=r"`init`='svd' needs finite pretrained weights"):
+        tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"], init="svd"))
+    assert _snapshot(base) == before
+
+
+def _lora_stack():
+    from tensorpeft import decomp
+
+    fmt = decomp.LoRA(stack=(2,), out_features=4, in_features=3, rank=1)
+    return fmt, fmt.init(seed=0, backend="torch")
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((3, 1.0, None), TypeError, r"`fmt` must be a tensorpeft.decomp format"),
+        (("fmt", "x", "factors"), TypeError, r"`scaling` must be a finite real number, got 'x'"),
+        (("fmt", float("nan"), "factors"), TypeError, r"`scaling` must be a finite real number, got nan"),
+        (("fmt", 1e300, "factors"), ValueError, r"`scaling` must be in \[-1e\+06, 1e\+06\], got 1e\+300"),
+        (("fmt", 1.0, "numpy"), TypeError, r"`factors\['A'\]` must be a torch.Tensor, got ndarray"),
+    ],
+)
+def test_adapter_stack_arguments(args, exc, match):
+    fmt, good = _lora_stack()
+    sub = {"fmt": fmt, "factors": good, "numpy": {k: v.numpy() for k, v in good.items()}}
+    args = [sub.get(a, a) if isinstance(a, str) and a in sub else a for a in args]
+    with pytest.raises(exc, match=match):
+        tp.nn.AdapterStack(*args)
+
+
+@pytest.mark.parametrize(
+    ("layer", "stack", "index", "dropout", "exc", "match"),
+    [
+        (3, "stack", (0,), 0.0, TypeError, r"`base_layer` must be an nn.Linear or transformers Conv1D layer, got int"),
+        ("linear", 3, (0,), 0.0, TypeError, r"`stack` must be an AdapterStack, got int"),
+        (torch.nn.Linear(5, 4), "stack", (0,), 0.0, ValueError, r"`base_layer` is 4×5 \(out × in\), but `stack`"),
+        ("linear", "stack", (2,), 0.0, ValueError, r"`index\[0\]`=2 is out of range"),
+        ("linear", "stack", (0, 0), 0.0, ValueError, r"`index` must have 1 entries"),
+        ("linear", "stack", (0,), "x", TypeError, r"`dropout` must be a real number in \[0, 1\), got 'x'"),
+        ("linear", "stack", (0,), 2.0, ValueError, r"`dropout` must be in \[0, 1\), got 2.0"),
+    ],
+)
+def test_adapter_linear_arguments(layer, stack, index, dropout, exc, match):
+    fmt, good = _lora_stack()
+    layer = torch.nn.Linear(3, 4) if layer == "linear" else layer
+    stack = tp.nn.AdapterStack(fmt, 1.0, good) if stack == "stack" else stack
+    with pytest.raises(exc, match=match):
+        tp.nn.AdapterLinear(layer, stack, index, dropout)
+
+
+def test_get_peft_model_names_its_own_arguments():
+    with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module, got int"):
+        tp.get_peft_model(3, tp.LoRAConfig(target_modules=["0"]))
+    with pytest.raises(TypeError, match=r"`config` must be an AdapterConfig"):
+        tp.get_peft_model(_mlp(), {"rank": 2})

@@ -157,3 +157,44 @@ def test_bad_arguments(make_model):
         pruner.update_and_allocate(0)
     with pytest.raises(ValueError, match="`step`"):
         pruner.budget(-1)
+
+
+def _small_pruner():
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4))
+    model = tp.get_peft_model(base, tp.LoRA2Config(rank=2, target_modules=["0", "2"]))
+    pruner = RankPruner(model, target_rank=1, total_steps=4, warmup_steps=0, final_steps=1, interval=1)
+    fake_grads(model, torch.Generator().manual_seed(0))
+    pruner.update_and_allocate(1)  # importances exist, one entry pruned
+    return pruner
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"masks": 3}, ValueError, r"`state\['masks'\]` must have the LoRA² stacks \['0', '2'\], got int"),
+        ({"masks": {"0": 3, "2": 3}}, ValueError, r"`state\['masks'\]\['0'\]` must be a bool tensor of shape \(2,\)"),
+        ({"masks": {"0": torch.ones(2), "2": torch.ones(2)}}, ValueError, r"must be a bool tensor"),
+        ({"avg_ipt": 3}, TypeError, r"`state\['avg_ipt'\]` must be a dict of stacks, got int"),
+        ({"avg_unc": {"0": 3}}, ValueError, r"`state\['avg_unc'\]\['0'\]` must be a dict of tensors"),
+        ({"avg_ipt": {"0": {"lambda": 3, "U2": 3, "V2": 3}}}, ValueError, r"`state\['avg_ipt'\]\['0'\]\['lambda'\]`"),
+        ({"final_done": "yes"}, TypeError, r"`state\['final_done'\]` must be a bool, got 'yes'"),
+    ],
+)
+def test_load_state_dict_refuses_malformed_states_and_changes_nothing(change, exc, match):
+    pruner = _small_pruner()
+    state = pruner.state_dict()
+    with pytest.raises(exc, match=match):
+        pruner.load_state_dict({**state, **change})
+    after = pruner.state_dict()
+    assert after["final_done"] == state["final_done"]
+    assert all(torch.equal(after["masks"][k], state["masks"][k]) for k in state["masks"])
+    for part in ("avg_ipt", "avg_unc"):
+        assert all(torch.equal(after[part][k][f], t) for k, v in state[part].items() for f, t in v.items())
+
+
+def test_load_state_dict_of_float64_importances_into_float32_factors_is_refused():
+    pruner = _small_pruner()
+    state = pruner.state_dict()
+    state["avg_ipt"] = {k: {f: t.double() for f, t in v.items()} for k, v in state["avg_ipt"].items()}
+    with pytest.raises(ValueError, match=r"must be a torch.float32 tensor of shape"):
+        pruner.load_state_dict(state)

@@ -1,11 +1,15 @@
+import errno
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 import tensorpeft as tp
-from tensorpeft.nn import AdapterLinear
+from tensorpeft.nn import AdapterLinear, _safe_io
 
 
 def saved(make_model, helpers, tmp_path, kind="bert", fmt="tucker2"):
@@ -186,3 +190,204 @@ def test_bad_adapter_directory(make_model, helpers, tmp_path, damage, exc, words
 def test_missing_directory(make_model, tmp_path):
     with pytest.raises(ValueError, match="is not a directory"):
         tp.TensorPeftModel.from_pretrained(make_model("bert"), tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------ atomic saves
+CRASHER = textwrap.dedent(
+    """
+    import importlib.util, os, shutil, sys
+    spec = importlib.util.spec_from_file_location("safe_io_under_test", sys.argv[1])
+    io = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(io)
+    target, crash_at, mode = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if mode == "journal":
+        io._renameat2 = lambda: None
+    if mode == "in-place":  # as on a mount point or under a read-only parent: no sibling can be made
+        def no_sibling(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        io._fresh_sibling = no_sibling
+    calls = [0]
+
+    def crashing(fn):
+        def step(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                os._exit(17)  # killed here: no finally block, no cleanup
+            return fn(*args, **kwargs)
+        return step
+
+    for owner, name in [(os, "rename"), (os, "replace"), (os, "remove"), (os, "fsync"), (os, "mkdir"),
+                        (os, "link"), (os, "chmod"), (shutil, "rmtree"), (io, "_exchange")]:
+        setattr(owner, name, crashing(getattr(owner, name)))
+    io.write_directory_atomic(target, {"adapter_config.json": b"new config", "adapter_model.safetensors": b"new"})
+    """
+)
+OLD = {"adapter_config.json": b"old config", "adapter_model.safetensors": b"old", "notes.txt": b"mine"}
+NEW = {"adapter_config.json": b"new config", "adapter_model.safetensors": b"new", "notes.txt": b"mine"}
+
+
+def contents(directory):
+    if not directory.is_dir():
+        return None
+    return {f: (directory / f).read_bytes() for f in os.listdir(directory)}
+
+
+@pytest.mark.parametrize("mode", ["exchange", "journal", "in-place"])
+def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_adapter(tmp_path, mode):
+    if mode == "exchange" and _safe_io._renameat2() is None:
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    crashes = 0
+    for crash_at in range(1, 100):
+        work = tmp_path / f"crash{crash_at}"
+        target = work / "adapter"
+        _safe_io.write_directory_atomic(target, {k: v for k, v in OLD.items() if k != "notes.txt"})
+        (target / "notes.txt").write_bytes(b"mine")
+        args = [sys.executable, "-c", CRASHER, _safe_io.__file__, str(target), str(crash_at), mode]
+        returncode = subprocess.run(args, check=False).returncode
+        if returncode == 0:
+            assert contents(target) == NEW
+            break
+        assert returncode == 17
+        crashes += 1
+        if mode == "exchange" or (mode == "journal" and contents(target) is not None):
+            assert contents(target) in (OLD, NEW)  # the exchange is never half done
+        _safe_io.recover(target)  # what the next save or load does first
+        assert contents(target) in (OLD, NEW)
+        _safe_io.write_directory_atomic(target, {"adapter_config.json": b"3", "adapter_model.safetensors": b"3"})
+        assert os.listdir(work) == ["adapter"]  # the killed save's temporaries are gone
+        assert contents(target) == {
+            "adapter_config.json": b"3",
+            "adapter_model.safetensors": b"3",
+            "notes.txt": b"mine",
+        }
+    else:
+        pytest.fail("the save never completed")
+    assert crashes >= {"exchange": 10, "journal": 17, "in-place": 11}[mode]  # every step was interrupted once
+
+
+def test_a_failed_exchange_keeps_the_old_adapter_and_no_temporaries(make_model, helpers, tmp_path, monkeypatch):
+    model, path = saved(make_model, helpers, tmp_path)
+    before = {f: (path / f).read_bytes() for f in os.listdir(path)}
+    helpers.randomize(model, seed=5)
+
+    def broken(a, b):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(_safe_io, "_exchange", broken)
+    with pytest.raises(OSError, match="I/O error"):
+        model.save_pretrained(path)
+    assert {f: (path / f).read_bytes() for f in os.listdir(path)} == before
+    assert os.listdir(tmp_path) == ["adapter"]
+
+
+def test_journalled_fallback_round_trips_and_keeps_other_files(make_model, helpers, ids, tmp_path, monkeypatch):
+    monkeypatch.setattr(_safe_io, "_renameat2", lambda: None)
+    model, path = saved(make_model, helpers, tmp_path)
+    (path / "README.md").write_text("my notes")
+    (path / "sub").mkdir()
+    (path / "sub" / "x.txt").write_text("x")
+    (path / ".adapter_config.json.k3j2.tmp").write_text("left by a save killed before this version")
+    helpers.randomize(model, seed=7)
+    model.save_pretrained(path)
+    assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "sub"]
+    assert (path / "README.md").read_text() == "my notes" and (path / "sub" / "x.txt").read_text() == "x"
+    assert os.listdir(tmp_path) == ["adapter"]
+    loaded = tp.TensorPeftModel.from_pretrained(make_model("bert"), path)
+    with torch.no_grad():
+        assert torch.equal(helpers.output_of(loaded(ids)), helpers.output_of(model(ids)))
+
+
+@pytest.mark.parametrize("where", ["exchange", "sibling"])
+def test_a_directory_that_cannot_be_swapped_is_saved_in_place(make_model, helpers, ids, tmp_path, monkeypatch, where):
+    model, path = saved(make_model, helpers, tmp_path)
+    (path / "README.md").write_text("my notes")
+    helpers.randomize(model, seed=11)
+
+    def busy(*args, **kwargs):  # a mount point (EBUSY), or a read-only parent (EACCES)
+        raise OSError(errno.EBUSY if where == "exchange" else errno.EACCES, "cannot")
+
+    monkeypatch.setattr(_safe_io, "_exchange" if where == "exchange" else "_fresh_sibling", busy)
+    model.save_pretrained(path)
+    assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert os.listdir(tmp_path) == ["adapter"]
+    loaded = tp.TensorPeftModel.from_pretrained(make_model("bert"), path)
+    with torch.no_grad():
+        assert torch.equal(helpers.output_of(loaded(ids)), helpers.output_of(model(ids)))
+
+
+def test_an_exception_inside_the_journalled_swap_rolls_back(make_model, helpers, tmp_path, monkeypatch):
+    monkeypatch.setattr(_safe_io, "_renameat2", lambda: None)
+    model, path = saved(make_model, helpers, tmp_path)
+    before = contents(path)
+    helpers.randomize(model, seed=9)
+    real_rename, calls = os.rename, []
+
+    def interrupted_at_the_second_rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the target is aside, the new directory not yet in place
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", interrupted_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(path)
+    assert len(calls) == 3 and contents(path) == before
+    assert os.listdir(tmp_path) == ["adapter"]
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_an_interrupted_journalled_swap_is_finished_by_the_next_load(make_model, helpers, ids, tmp_path):
+    """The state a save killed between its two renames leaves: target aside, the new adapter beside it."""
+    model, path = saved(make_model, helpers, tmp_path)
+    pid = dead_pid()
+    old, new = tmp_path / f".adapter.tensorpeft-old-{pid}-aa", tmp_path / f".adapter.tensorpeft-new-{pid}-bb"
+    helpers.randomize(model, seed=9)
+    model.save_pretrained(new)
+    os.rename(path, old)
+    journal = {"pid": pid, "new": new.name, "old": old.name}
+    (tmp_path / ".adapter.tensorpeft-swap.json").write_text(json.dumps(journal))
+    loaded = tp.TensorPeftModel.from_pretrained(make_model("bert"), path)
+    with torch.no_grad():
+        assert torch.equal(helpers.output_of(loaded(ids)), helpers.output_of(model(ids)))
+    assert os.listdir(tmp_path) == ["adapter"]
+
+
+def test_stale_temporaries_of_a_dead_process_are_removed_by_the_next_save(make_model, helpers, tmp_path):
+    model, path = saved(make_model, helpers, tmp_path)
+    pid = dead_pid()
+    (tmp_path / f".adapter.tensorpeft-new-{pid}-0123ab").mkdir()
+    (tmp_path / f".adapter.tensorpeft-journal-{pid}-0123ab").write_text("{}")
+    live = tmp_path / f".adapter.tensorpeft-new-{os.getppid()}-0123ab"  # a save in progress elsewhere
+    live.mkdir()
+    (tmp_path / ".adapter.tensorpeft-new-notours").mkdir()
+    model.save_pretrained(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["adapter", live.name, ".adapter.tensorpeft-new-notours"])
+
+
+def test_saving_through_a_symlink_and_into_the_working_directory(make_model, helpers, tmp_path, monkeypatch):
+    model, path = saved(make_model, helpers, tmp_path)
+    os.symlink(path, tmp_path / "link")
+    model.save_pretrained(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(tmp_path / "link")) == ["adapter_config.json", "adapter_model.safetensors"]
+    monkeypatch.chdir(path)
+    model.save_pretrained(".")
+    assert os.path.samefile(os.getcwd(), path) and sorted(os.listdir(".")) == sorted(os.listdir(path))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("out_features", 2.7), ("out_features", "8"), ("stack", [True]), ("members", [["0", [0.0]]]), ("name", 3)],
+)
+def test_stack_plan_from_dict_is_strict(field, value):
+    from tensorpeft.nn import StackPlan
+
+    good = {"name": "s", "stack": [1], "out_features": 8, "in_features": 8, "heads": None, "members": [["0", [0]]]}
+    assert StackPlan.from_dict(good).out_features == 8
+    with pytest.raises(ValueError, match="malformed"):
+        StackPlan.from_dict(good | {field: value})
