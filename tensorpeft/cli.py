@@ -1,12 +1,17 @@
 """Command line: ``tensorpeft compare`` (the main job) and ``tensorpeft budget`` (the planner).
 
-Bad arguments end with a one-line error on stderr and exit status 2, never a traceback.
+Bad arguments end with a one-line error on stderr and exit status 2, an unexpected internal error with
+one line and status 1, never a traceback (unless ``TENSORPEFT_DEBUG=1`` asks for it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import math
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,31 +19,119 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+DEBUG_ENV = "TENSORPEFT_DEBUG"
+EPILOG = (
+    "Bad arguments end with a one-line error and exit status 2; an unexpected internal error with a one-line "
+    f"error and exit status 1. Set {DEBUG_ENV}=1 to get the traceback instead."
+)
+# Upper bounds of the integer options: far above any sensible run, low enough that nothing overflows
+# or allocates a schedule for ever.
+_MAX_STEPS = 10**6
+_MAX_BATCH = 2**16
+_MAX_EXAMPLES = 10**7
+_MAX_THREADS = 1024
+_MAX_SEED = 2**32 - 1
+_MAX_LR = 10.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        """Print ``message`` as one line and exit with status 2."""
+        message = re.sub(r"^argument ([^:]+): ", r"`\1` ", " ".join(str(message).split()))
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _names(text: str) -> list[str]:
+    names = _csv(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"must be a non-empty comma-separated list, got {text!r}")
+    return names
 
 
-def _positive(text: str) -> int:
+def _int(text: str, lo: int, hi: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"must be an integer between {lo:,} and {hi:,}, got {text!r}")
     return value
 
 
+def _bounded(lo: int, hi: int | None = None):
+    """An argparse type: an integer in ``[lo, hi]`` (``hi`` None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        if hi is not None:
+            return _int(text, lo, hi)
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    return _bounded(1)(text)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    seeds = tuple(_int(t, 0, _MAX_SEED) for t in _names(text))
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"must not repeat a seed, got {text!r}")
+    return seeds
+
+
+def _lr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= _MAX_LR:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {_MAX_LR:g}], got {text!r}")
+    return value
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a path, got {text!r}")
+    return text
+
+
+def _choice(options):
+    """An argparse type: one of ``options``."""
+
+    def parse(text: str) -> str:
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .experiments._budget import SHAPES
+    from .experiments._data import DATASETS
     from .experiments._methods import DEFAULT_METHODS
 
-    parser = argparse.ArgumentParser(prog="tensorpeft", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tensorpeft", description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
     cmp = sub.add_parser(
@@ -46,35 +139,48 @@ def _parser() -> argparse.ArgumentParser:
         help="fine-tune a pretrained encoder with LoRA and every tensor format at matched budgets",
         description="Fine-tune a sentence encoder for text classification with each method and compare "
         "accuracy, trainable parameters, time per step and peak memory.",
+        epilog=EPILOG,
     )
-    cmp.add_argument("--model", help="local BERT-like checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
-    cmp.add_argument("--dataset", default="rotten_tomatoes", help="rotten_tomatoes (default) or bbc_news")
+    cmp.add_argument(
+        "--model", type=_path, help="local BERT-like checkpoint directory (default: the embedded all-MiniLM-L6-v2)"
+    )
+    cmp.add_argument(
+        "--dataset", type=_choice(DATASETS), default="rotten_tomatoes", help="rotten_tomatoes (default) or bbc_news"
+    )
     cmp.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
+        type=_names,
+        default=list(DEFAULT_METHODS),
         help="comma-separated family:budget specs; families head, lora, tucker2, cp, tt, lora2; budgets rN "
-        "(LoRA rank N's parameter count), tiny (a quarter of LoRA r=1's) or an integer (default: %(default)s)",
+        "(LoRA rank N's parameter count), tiny (a quarter of LoRA r=1's) or an integer "
+        f"(default: {','.join(DEFAULT_METHODS)})",
     )
-    cmp.add_argument("--budgets", type=_csv, help="replace the budgets of the tensor families, e.g. r2,tiny,5000")
-    cmp.add_argument("--targets", default="query,value", help="target module suffixes (default: %(default)s)")
-    cmp.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated seeds (default: 0)")
-    cmp.add_argument("--steps", type=_positive, help="training steps per method (default 150; 8 with --quick)")
-    cmp.add_argument("--batch-size", type=_positive, default=16)
-    cmp.add_argument("--lr", type=float, help="adapter learning rate for every method (default: tuned per family)")
-    cmp.add_argument("--head-lr", type=float, help="learning rate of the classification head (default 1e-2)")
-    cmp.add_argument("--n-train", type=_positive, help="training examples (default: all but the test set)")
-    cmp.add_argument("--n-test", type=_positive, help="test examples (default 1000; 128 with --quick)")
+    cmp.add_argument("--budgets", type=_names, help="replace the budgets of the tensor families, e.g. r2,tiny,5000")
+    cmp.add_argument(
+        "--targets", type=_names, default=["query", "value"], help="target module suffixes (default: query,value)"
+    )
+    cmp.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds (default: 0)")
+    steps = _bounded(1, _MAX_STEPS)
+    cmp.add_argument("--steps", type=steps, help="training steps per method (default 150; 8 with --quick)")
+    cmp.add_argument("--batch-size", type=_bounded(1, _MAX_BATCH), default=16)
+    cmp.add_argument("--lr", type=_lr, help="adapter learning rate for every method (default: tuned per family)")
+    cmp.add_argument("--head-lr", type=_lr, help="learning rate of the classification head (default 1e-2)")
+    examples = _bounded(1, _MAX_EXAMPLES)
+    cmp.add_argument("--n-train", type=examples, help="training examples (default: all but the test set)")
+    cmp.add_argument("--n-test", type=examples, help="test examples (default 1000; 128 with --quick)")
     cmp.add_argument(
         "--validation",
-        type=_positive,
+        type=_bounded(0, _MAX_EXAMPLES),
         default=0,
         metavar="N",
         help="hold N examples out of training and report accuracy on them, not on the test set "
         "(to choose learning rates or ranks without looking at the test set)",
     )
-    cmp.add_argument("--output", "-o", default="runs/compare", help="output directory (default: %(default)s)")
+    cmp.add_argument(
+        "--output", "-o", type=_path, default="runs/compare", help="output directory (default: %(default)s)"
+    )
     cmp.add_argument("--quick", action="store_true", help="smoke run (< 2 minutes): few steps, small test set")
-    cmp.add_argument("--threads", type=_positive, help="torch threads per run (default: all cores)")
+    cmp.add_argument("--threads", type=_bounded(1, _MAX_THREADS), help="torch threads per run (default: all cores)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     bud = sub.add_parser(
@@ -82,41 +188,58 @@ def _parser() -> argparse.ArgumentParser:
         help="every format's ranks and parameters at a budget on a model's target modules",
         description="Plan ranks: for a model and target modules, the largest rank of each format within a "
         "budget, and how many times fewer parameters than LoRA at the same rank.",
+        epilog=EPILOG,
     )
     src = bud.add_mutually_exclusive_group()
-    src.add_argument("--model", help="local checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
-    src.add_argument("--shape", help="named layout: bert-base, bert-large, minilm-l6, llama-7b, llama-3.2-1b")
+    src.add_argument("--model", type=_path, help="local checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
+    src.add_argument("--shape", type=_choice(tuple(SHAPES)), help=f"named layout: {', '.join(SHAPES)}")
     src.add_argument(
         "--dims",
         type=_ints,
         help="layout by numbers: LAYERS,HIDDEN,HEADS,KV_HEADS,INTERMEDIATE (with --arch)",
     )
-    bud.add_argument("--arch", default="llama", help="bert or llama, for --dims (default: %(default)s)")
+    bud.add_argument("--arch", type=_choice(("bert", "llama")), help="bert or llama, for --dims (default: llama)")
     bud.add_argument(
-        "--targets", help="target module suffixes (default: query,value for BERT, q_proj,v_proj for LLaMA)"
+        "--targets", type=_names, help="target module suffixes (default: query,value for BERT, q_proj,v_proj for LLaMA)"
     )
     amount = bud.add_mutually_exclusive_group()
     amount.add_argument("--budget", type=_positive, help="parameter budget")
-    amount.add_argument("--lora-rank", type=_positive, help="match LoRA of this rank (default 8)")
+    amount.add_argument("--lora-rank", type=_bounded(1, 2**31), help="match LoRA of this rank (default 8)")
     return parser
 
 
-def _budget(args) -> int:
-    from .experiments._budget import SHAPES, budget_table, format_budget_table, model_from_path, model_from_shape
-    from .experiments._compare import default_model_path
+def _budget_model(args):
+    """The model structure ``budget`` plans on, from ``--shape``, ``--dims`` or ``--model``."""
+    from .experiments._budget import SHAPES, check_shape, model_from_path, model_from_shape
 
+    if args.arch is not None and args.dims is None:
+        raise ValueError(f"`--arch` only applies to a layout given by `--dims`, got --arch {args.arch} without it.")
     if args.shape:
-        if args.shape not in SHAPES:
-            raise ValueError(f"`--shape` must be one of {', '.join(SHAPES)}, got {args.shape!r}.")
-        model = model_from_shape(*SHAPES[args.shape])
-    elif args.dims:
+        return model_from_shape(*SHAPES[args.shape])
+    if args.dims is not None:
         if len(args.dims) != 5:
-            raise ValueError(f"`--dims` needs 5 numbers LAYERS,HIDDEN,HEADS,KV_HEADS,INTERMEDIATE, got {args.dims}.")
-        model = model_from_shape(args.arch, *args.dims)
-    else:
-        model = model_from_path(args.model or default_model_path())
+            dims = ",".join(map(str, args.dims))
+            raise ValueError(f"`--dims` needs 5 numbers LAYERS,HIDDEN,HEADS,KV_HEADS,INTERMEDIATE, got {dims}.")
+        arch = args.arch or "llama"
+        try:
+            check_shape(arch, *args.dims)
+        except ValueError as exc:
+            dims = ",".join(map(str, args.dims))
+            raise ValueError(f"`--dims` {dims} (LAYERS,HIDDEN,HEADS,KV_HEADS,INTERMEDIATE, {arch}): {exc}") from None
+        return model_from_shape(arch, *args.dims)
+    if args.model is None:
+        from .experiments._compare import default_model_path
+
+        return model_from_path(default_model_path(), name="--model")
+    return model_from_path(args.model, name="--model")
+
+
+def _budget(args) -> int:
+    from .experiments._budget import budget_table, format_budget_table
+
+    model = _budget_model(args)
     is_llama = "llama" in type(model).__name__.lower()
-    targets = _csv(args.targets) if args.targets else (["q_proj", "v_proj"] if is_llama else ["query", "value"])
+    targets = args.targets or (["q_proj", "v_proj"] if is_llama else ["query", "value"])
     word = str(args.budget) if args.budget else f"r{args.lora_rank or 8}"
     budget, rows = budget_table(model, targets, word)
     print(f"model: {type(model).__name__}; targets: {', '.join(targets)}")
@@ -124,51 +247,60 @@ def _budget(args) -> int:
     return 0
 
 
-def _compare(args) -> int:
-    from .experiments._compare import (
-        CompareSettings,
-        default_model_path,
-        format_table,
-        run_compare,
-        write_outputs,
-    )
-    from .experiments._data import DATASETS
-    from .experiments._methods import parse_methods
+QUICK_METHODS = ("head", "lora:r8", "tucker2:r1", "cp:tiny")
+
+
+def _compare_settings(args):
+    """Check every argument of ``compare`` that needs no training, and return its settings."""
+    from .experiments._compare import CompareSettings, default_model_path
+    from .experiments._methods import DEFAULT_METHODS, parse_methods
     from .experiments._train import TrainSettings
 
-    if args.dataset not in DATASETS:
-        raise ValueError(f"`--dataset` must be one of {', '.join(DATASETS)}, got {args.dataset!r}.")
-    model_path = Path(args.model) if args.model else default_model_path()
+    model_path = Path(args.model) if args.model is not None else default_model_path()
     if not (model_path / "config.json").is_file():
         raise ValueError(f"`--model` {str(model_path)!r} is not a checkpoint directory (no config.json in it).")
-    methods_text = args.methods
-    if args.quick and methods_text == _parser().parse_args(["compare"]).methods:
-        methods_text = "head,lora:r8,tucker2:r1,cp:tiny"
-    methods = parse_methods(_csv(methods_text), budgets=args.budgets)
+    methods = args.methods
+    if args.quick and methods == list(DEFAULT_METHODS):
+        methods = list(QUICK_METHODS)
+    specs = parse_methods(methods, budgets=args.budgets)
     train = TrainSettings(steps=args.steps or (8 if args.quick else 150), batch_size=args.batch_size)
     if args.head_lr is not None:
         train = dataclasses.replace(train, head_lr=args.head_lr)
-    n_test = args.n_test or (128 if args.quick else 1000)
-    settings = CompareSettings(
+    return CompareSettings(
         model_path=str(model_path),
         dataset=args.dataset,
-        methods=tuple(methods),
-        target_modules=tuple(_csv(args.targets)),
+        methods=tuple(specs),
+        target_modules=tuple(args.targets),
         seeds=tuple(args.seeds),
         n_train=args.n_train or (512 if args.quick else None),
-        n_test=n_test,
+        n_test=args.n_test or (128 if args.quick else 1000),
         train=train,
         lr=args.lr,
         threads=args.threads,
         n_val=args.validation,
         evaluate_on="validation" if args.validation else "test",
     )
+
+
+def _compare(args) -> int:
+    from .experiments._compare import check_data_sizes, format_table, prepare_output_dir, run_compare, write_outputs
+
+    settings = _compare_settings(args)
     _check_budgets(settings)
+    check_data_sizes(settings)
+    out_dir = Path(args.output)
+    created = prepare_output_dir(out_dir, name="--output")
     start = time.time()
-    rows = run_compare(settings, progress=not args.no_progress)
-    paths = write_outputs(rows, settings, Path(args.output))
+    try:
+        rows = run_compare(settings, progress=not args.no_progress)
+    except BaseException:
+        for path in created:  # nothing was written: leave the file system as it was
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     print()
-    print(format_table(rows, settings.evaluate_on))
+    print(format_table(rows, settings.evaluate_on))  # before writing: a failed write loses no result
+    paths = write_outputs(rows, settings, out_dir)
     print(f"\n{len(rows)} methods in {time.time() - start:.0f} s; results: {paths['json']}; plot: {paths['plot']}")
     return 0
 
@@ -176,21 +308,54 @@ def _compare(args) -> int:
 def _check_budgets(settings) -> None:
     """Resolve every method on the model structure first, so a bad budget fails before any training."""
     from .experiments._budget import model_from_path
-    from .experiments._methods import resolve_method
+    from .experiments._methods import FAMILIES, at_format_max, resolve_method
 
-    model = model_from_path(settings.model_path)
+    model = model_from_path(settings.model_path, name="--model")
     for spec in settings.methods:
-        resolve_method(spec, model, list(settings.target_modules))
+        config, params, budget = resolve_method(spec, model, list(settings.target_modules))
+        if config is not None and budget and params < budget and at_format_max(model, config):
+            print(
+                f"note: {spec.label}: the budget ({budget:,}) is above the largest {FAMILIES[spec.family][1]} "
+                f"on these modules; using that maximum ({params:,} parameters, rank {config.rank})."
+            )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``tensorpeft`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``tensorpeft`` console script; returns the exit status.
+
+    Bad arguments print one line on stderr and return 2, an unexpected error one line and 1; with the
+    environment variable ``TENSORPEFT_DEBUG=1`` errors raise with their traceback instead.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a bad argument (2), already printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return {"compare": _compare, "budget": _budget}[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"tensorpeft {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        print(f"tensorpeft {args.command}: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"tensorpeft {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"tensorpeft {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"(set {DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

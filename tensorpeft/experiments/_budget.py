@@ -9,9 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._methods import FAMILIES, MethodSpec, adapter_params, resolve_budget, resolve_method
+from ._methods import (
+    FAMILIES,
+    MethodSpec,
+    _largest_rank,
+    adapter_params,
+    at_format_max,
+    resolve_budget,
+    resolve_method,
+)
 
-__all__ = ["SHAPES", "BudgetRow", "budget_table", "format_budget_table", "model_from_path", "model_from_shape"]
+__all__ = [
+    "MAX_LAYERS",
+    "MAX_WIDTH",
+    "SHAPES",
+    "BudgetRow",
+    "budget_table",
+    "check_shape",
+    "format_budget_table",
+    "model_from_path",
+    "model_from_shape",
+]
 
 # Layouts by numbers: (architecture, layers, hidden, heads, kv_heads, intermediate)
 SHAPES = {
@@ -23,45 +41,110 @@ SHAPES = {
 }
 
 
+# Bounds of a layout by numbers: above them, building even a shapes-only model takes too long to plan
+# interactively (1,024 LLaMA layers: 17 s). The largest public models stay well inside (LLaMA-3.1-405B:
+# 126 layers, hidden 16,384, intermediate 53,248).
+MAX_LAYERS = 256
+MAX_WIDTH = 2**20
+
+
+def check_shape(arch: str, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int) -> None:
+    """Raise a ValueError naming the first number of a layout that no model of ``arch`` can have.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``arch``, a count outside ``[1, MAX_LAYERS]`` / ``[1, MAX_WIDTH]``, ``hidden`` not
+        divisible by ``heads``, an odd head dimension or ``heads`` not divisible by ``kv_heads`` (LLaMA), or
+        ``kv_heads != heads`` (BERT).
+    """
+    if arch not in ("bert", "llama"):
+        raise ValueError(f"`arch` must be 'bert' or 'llama', got {arch!r}.")
+    sizes = {"layers": (layers, MAX_LAYERS), "hidden": (hidden, MAX_WIDTH), "heads": (heads, MAX_WIDTH)}
+    sizes.update(kv_heads=(kv_heads, MAX_WIDTH), intermediate=(intermediate, MAX_WIDTH))
+    for name, (value, top) in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ValueError(f"`{name}` must be an integer between 1 and {top:,}, got {value!r}.")
+    if hidden % heads:
+        raise ValueError(f"`hidden`={hidden} must be divisible by `heads`={heads}.")
+    if arch == "llama" and (hidden // heads) % 2:
+        raise ValueError(
+            f"`hidden` / `heads` (the head dimension) must be even for LLaMA's rotary embedding, got {hidden}/{heads}."
+        )
+    if arch == "llama" and heads % kv_heads:
+        raise ValueError(f"`heads`={heads} must be divisible by `kv_heads`={kv_heads} (grouped-query attention).")
+    if arch == "bert" and kv_heads != heads:
+        raise ValueError(
+            f"`kv_heads` must equal `heads`={heads} for BERT (no grouped-query attention), got {kv_heads}."
+        )
+
+
 def model_from_shape(arch: str, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int):
-    """A transformers model with this layout on the ``meta`` device (shapes only, no weights)."""
+    """A transformers model with this layout on the ``meta`` device (shapes only, no weights).
+
+    Raises
+    ------
+    ValueError
+        For a layout :func:`check_shape` refuses.
+    """
     import torch
     import transformers
 
+    check_shape(arch, layers, hidden, heads, kv_heads, intermediate)
+    try:
+        with torch.device("meta"):
+            return _layout_model(transformers, arch, layers, hidden, heads, kv_heads, intermediate)
+    except Exception as exc:  # a check transformers has and check_shape has not: still the caller's numbers
+        raise ValueError(
+            f"transformers refuses the {arch} layout {(layers, hidden, heads, kv_heads, intermediate)} "
+            f"({type(exc).__name__}: {_one_line(exc)})."
+        ) from None
+
+
+def _layout_model(transformers, arch, layers, hidden, heads, kv_heads, intermediate):
     if arch == "bert":
         config = transformers.BertConfig(
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate
         )
-        cls = transformers.BertModel
-    elif arch == "llama":
-        config = transformers.LlamaConfig(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            intermediate_size=intermediate,
-            vocab_size=32000,
-        )
-        cls = transformers.LlamaModel
-    else:
-        raise ValueError(f"`arch` must be 'bert' or 'llama', got {arch!r}.")
-    if hidden % heads:
-        raise ValueError(f"`hidden`={hidden} must be divisible by `heads`={heads}.")
-    with torch.device("meta"):
-        return cls(config)
+        return transformers.BertModel(config)
+    config = transformers.LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        vocab_size=32000,
+    )
+    return transformers.LlamaModel(config)
 
 
-def model_from_path(path) -> object:
-    """Load a local checkpoint directory's model structure (weights on ``meta``)."""
+def model_from_path(path, *, name: str = "model") -> object:
+    """Load a local checkpoint directory's model structure (weights on ``meta``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, if ``path`` has no ``config.json``, or one transformers cannot read or build a model from.
+    """
     import torch
     import transformers
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"`model` {str(path)!r} is not a checkpoint directory (no config.json in it).")
-    config = transformers.AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        return transformers.AutoModel.from_config(config)
+        raise ValueError(f"`{name}` {str(path)!r} is not a checkpoint directory (no config.json in it).")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            return transformers.AutoModel.from_config(config)
+    except Exception as exc:  # whatever the file says is the caller's input, not a bug here
+        raise ValueError(
+            f"`{name}` {str(path)!r}: its config.json does not give a model transformers can build "
+            f"({type(exc).__name__}: {_one_line(exc)})."
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 @dataclass(frozen=True)
@@ -105,19 +188,20 @@ def budget_table(model, target_modules, budget_word: str, families=tuple(FAMILIE
         except ValueError:
             lora_same = None
         vs = lora_same / params if lora_same else None
-        rows.append(BudgetRow(family, FAMILIES[family][1], config.rank, params, vs))
+        note = "the format's maximum on these modules" if params < budget and at_format_max(model, config) else ""
+        rows.append(BudgetRow(family, FAMILIES[family][1], config.rank, params, vs, note))
     return budget, rows
 
 
 def _lora_within(model, target_modules, budget):
     from ..nn import LoRAConfig
 
-    one = adapter_params(model, LoRAConfig(rank=1, target_modules=target_modules))
-    if one > budget:
+    found = _largest_rank(model, lambda r: LoRAConfig(rank=r, target_modules=target_modules), budget)
+    if found is None:
+        one = adapter_params(model, LoRAConfig(rank=1, target_modules=target_modules))
         raise ValueError(f"budget {budget} is below LoRA rank 1 ({one} parameters).")
-    rank = budget // one
-    cfg = LoRAConfig(rank=rank, target_modules=target_modules)
-    return cfg, adapter_params(model, cfg)
+    cfg, params, _ = found
+    return cfg, params
 
 
 def format_budget_table(budget: int, rows: list[BudgetRow]) -> str:
@@ -129,5 +213,5 @@ def format_budget_table(budget: int, rows: list[BudgetRow]) -> str:
     ]
     widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [f"budget: {budget:,} parameters", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out = [f"budget: {budget:,} parameters", fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
     return "\n".join([*out, *(fmt.format(*line).rstrip() for line in lines)])

@@ -7,12 +7,14 @@ own and no torch state leaks between methods. Results go to ``results.json`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,18 @@ import numpy as np
 from ._methods import FAMILIES, MethodSpec
 from ._train import TrainSettings
 
-__all__ = ["CompareSettings", "MethodRow", "default_model_path", "format_table", "run_compare", "write_outputs"]
+__all__ = [
+    "CompareSettings",
+    "MethodRow",
+    "check_data_sizes",
+    "default_model_path",
+    "format_table",
+    "prepare_output_dir",
+    "run_compare",
+    "write_outputs",
+]
+
+OUTPUT_FILES = ("results.json", "accuracy_vs_params.png")
 
 # Per-family adapter learning rates, from one sweep on the default task (150 steps of 16, 500 test
 # sentences, seed 0; 1e-3 / 3e-3 / 1e-2 tried): LoRA r=8 77.2 / 78.8 / -, Tucker-2 at LoRA r=1's budget
@@ -181,10 +194,81 @@ def _worker(payload: dict) -> dict:
     return out
 
 
-def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) -> list[MethodRow]:
-    """Train every method of ``settings`` for every seed; return one row per method."""
+def check_data_sizes(settings: CompareSettings) -> None:
+    """Raise the ValueError :func:`run_compare` would, before any training, if the split sizes do not fit the data."""
     from ._data import load_dataset
 
+    load_dataset(
+        settings.dataset,
+        n_train=settings.n_train,
+        n_test=settings.n_test,
+        split_seed=settings.split_seed,
+        n_val=settings.n_val,
+    )
+
+
+def prepare_output_dir(path: Path, *, name: str = "out_dir") -> list[Path]:
+    """Make sure results can be written to the directory ``path``, before anything is trained.
+
+    Creates the directory (and missing parents) and writes and removes a probe file in it.
+
+    Parameters
+    ----------
+    path : Path
+        The output directory.
+    name : str
+        How error messages name it.
+
+    Returns
+    -------
+    list of Path
+        The directories this call created, deepest first (to remove if the run fails before writing).
+
+    Raises
+    ------
+    ValueError
+        If ``path`` or one of its parents is a file, a directory cannot be created, or it is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"`{name}` {str(path)!r} must be a directory, got a file.")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"`{name}` {str(path)!r} must be a directory that can be created: {exc.strerror or exc}."
+        ) from None
+    for file in OUTPUT_FILES:
+        if (path / file).exists() and not (path / file).is_file():
+            raise ValueError(f"`{name}` {str(path)!r}: {file} in it must be a file, got a directory.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tensorpeft-probe-"):
+            pass
+    except OSError as exc:
+        for created in missing:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise ValueError(f"`{name}` {str(path)!r} must be a writable directory: {exc.strerror or exc}.") from None
+    return missing
+
+
+def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) -> list[MethodRow]:
+    """Train every method of ``settings`` for every seed; return one row per method.
+
+    Raises
+    ------
+    ValueError
+        If ``settings`` has no method or no seed, split sizes larger than the data set, or a checkpoint whose
+        weights or tokenizer cannot be loaded.
+    """
+    from ._data import load_dataset
+
+    if not settings.methods or not settings.seeds:
+        raise ValueError(
+            f"`settings` needs at least one method and one seed, got {len(settings.methods)} method(s) and "
+            f"{len(settings.seeds)} seed(s)."
+        )
     data = load_dataset(
         settings.dataset,
         n_train=settings.n_train,
@@ -196,7 +280,13 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
     on_validation = settings.evaluate_on == "validation"
     eval_texts = data.val_texts if on_validation else data.test_texts
     eval_labels = data.val_labels if on_validation else data.test_labels
-    _, tokenizer = _load_model(settings.model_path)
+    try:  # the workers load it again: a checkpoint that cannot load fails here, before any training
+        _, tokenizer = _load_model(settings.model_path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"`model_path` {settings.model_path!r} cannot be loaded "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())})."
+        ) from None
     max_length = settings.train.max_length
     common = {
         "model_path": settings.model_path,
@@ -306,17 +396,27 @@ def _plot(rows: list[MethodRow], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(rows: list[MethodRow], settings: CompareSettings, out_dir: Path) -> dict[str, Path]:
-    """Write ``results.json`` and ``accuracy_vs_params.png`` atomically; return their paths."""
+    """Write ``results.json`` and ``accuracy_vs_params.png`` atomically; return their paths.
+
+    Both are written to temporary files first and replace the old ones only when both are complete.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` is empty (an earlier ``results.json`` is never replaced by an empty one).
+    """
     import torch
     import transformers
 
+    if not rows:
+        raise ValueError("`rows` must hold at least one method's results, got none; nothing was written.")
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -337,10 +437,16 @@ def write_outputs(rows: list[MethodRow], settings: CompareSettings, out_dir: Pat
         ],
     }
     paths = {"json": out_dir / "results.json", "plot": out_dir / "accuracy_vs_params.png"}
-    tmp = paths["json"].with_name("results.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=_json_default))
-    os.replace(tmp, paths["json"])
-    _plot(rows, paths["plot"])
+    tmp = {key: path.with_name(path.name + ".tmp") for key, path in paths.items()}
+    try:
+        tmp["json"].write_text(json.dumps(record, indent=2, default=_json_default))
+        _plot(rows, tmp["plot"])
+        for key, path in paths.items():
+            os.replace(tmp[key], path)
+    finally:
+        for path in tmp.values():
+            with contextlib.suppress(OSError):
+                path.unlink()
     return paths
 
 

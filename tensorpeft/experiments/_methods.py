@@ -14,15 +14,19 @@ Ranks are found with the model's real stacks (:func:`tensorpeft.nn.plan_stacks`)
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported only when a model is planned on
+    from torch import nn
 
 __all__ = [
     "DEFAULT_METHODS",
     "FAMILIES",
     "MethodSpec",
     "adapter_params",
+    "at_format_max",
     "parse_methods",
     "resolve_budget",
     "resolve_method",
@@ -115,32 +119,92 @@ def resolve_budget(word: str, model: nn.Module, target_modules) -> int:
         return int(word)
     if word == "tiny":
         return adapter_params(model, LoRAConfig(rank=1, target_modules=target_modules)) // 4
-    return adapter_params(model, LoRAConfig(rank=int(word[1:]), target_modules=target_modules))
+    rank = int(word[1:])
+    _check_lora_rank(rank, model, target_modules, f"budget {word!r}")
+    return adapter_params(model, LoRAConfig(rank=rank, target_modules=target_modules))
 
 
-def _largest_rank(model, make, budget: int) -> tuple[object, int] | None:
-    """The config with the largest scalar rank whose adapter fits ``budget`` (exponential + binary search)."""
+def _check_lora_rank(rank: int, model: nn.Module, target_modules, what: str) -> None:
+    """Raise a ValueError naming ``what`` if LoRA of ``rank`` does not fit the target modules."""
+    from ..nn import LoRAConfig
 
-    def params(rank):
-        try:
-            return adapter_params(model, make(rank))
-        except ValueError:  # rank above a layer dimension: past the upper bound
-            return None
+    found = _largest_rank(model, lambda r: LoRAConfig(rank=r, target_modules=target_modules), math.inf)
+    if found is None:  # even rank 1 is refused: let LoRAConfig say why
+        adapter_params(model, LoRAConfig(rank=1, target_modules=target_modules))
+    elif rank > found[0].rank:
+        raise ValueError(
+            f"{what} asks for LoRA rank {rank}, but the largest LoRA rank on these modules is {found[0].rank}."
+        )
 
+
+# More doublings than any rank a format accepts: the search ends even if a format never stops growing.
+_MAX_DOUBLINGS = 128
+
+
+def _count(model, make):
+    """Memoized ``rank -> adapter parameters``; None past a layer dimension (or any rank the format refuses)."""
+    cache: dict[int, int | None] = {}
+
+    def params(rank: int) -> int | None:
+        if rank not in cache:
+            try:
+                cache[rank] = adapter_params(model, make(rank))
+            except ValueError:
+                cache[rank] = None
+        return cache[rank]
+
+    return params
+
+
+def _last_true(pred, lo: int, hi: int) -> int:
+    """The largest ``r`` in ``[lo, hi)`` with ``pred(r)``, given ``pred(lo)`` and a monotone ``pred``."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if pred(mid) else (lo, mid)
+    return lo
+
+
+def _largest_rank(model, make, budget: float) -> tuple[object, int, bool] | None:
+    """The config with the largest scalar rank whose adapter fits ``budget``, and whether it is the format's maximum.
+
+    An exponential then binary search over the rank, bounded: it stops at a rank the format refuses
+    (past a layer dimension), at one over budget, or where the count stops growing (a tensor train caps
+    its bond ranks, so its count reaches a maximum). At the maximum, the smallest rank reaching it is
+    returned. Returns ``(config, params, at_max)``, or None if rank 1 is over budget.
+    """
+    params = _count(model, make)
     first = params(1)
     if first is None or first > budget:
         return None
     lo, hi = 1, 2
-    while (p := params(hi)) is not None and p <= budget:
+    for _ in range(_MAX_DOUBLINGS):
+        p = params(hi)
+        if p is None or p > budget or p == params(lo):
+            break
         lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        p = params(mid)
-        if p is not None and p <= budget:
-            lo = mid
-        else:
-            hi = mid
-    return make(lo), params(lo)
+    if params(hi) is None or params(hi) > budget:
+
+        def fits(rank):
+            p = params(rank)
+            return p is not None and p <= budget
+
+        lo = _last_true(fits, lo, hi)
+    top = params(lo)
+    nxt = params(lo + 1)
+    at_max = nxt is None or nxt == top
+    if at_max and params(1) < top:
+        # the smallest rank with the same count: one past the last rank whose count is still below it
+        lo = _last_true(lambda r: params(r) < top, 1, lo) + 1
+    elif at_max:
+        lo = 1
+    return make(lo), params(lo), at_max
+
+
+def at_format_max(model: nn.Module, config) -> bool:
+    """Whether ``config``'s adapter on ``model`` is its format's largest (one more rank adds nothing or is refused)."""
+    params = _count(model, lambda r: dataclasses.replace(config, rank=r))
+    nxt = params(config.rank + 1)
+    return nxt is None or nxt == params(config.rank)
 
 
 def resolve_method(spec: MethodSpec, model: nn.Module, target_modules, **config_kwargs):
@@ -160,6 +224,7 @@ def resolve_method(spec: MethodSpec, model: nn.Module, target_modules, **config_
     cls = getattr(tpnn, FAMILIES[spec.family][0])
     if spec.family == "lora":
         rank = int(spec.budget[1:])
+        _check_lora_rank(rank, model, target_modules, f"method {spec.label!r}")
         cfg = cls(rank=rank, alpha=2.0 * rank, target_modules=target_modules, **config_kwargs)
         return cfg, adapter_params(model, cfg), None
     budget = resolve_budget(spec.budget, model, target_modules)
@@ -171,5 +236,5 @@ def resolve_method(spec: MethodSpec, model: nn.Module, target_modules, **config_
             f"budget {spec.budget!r} = {budget} parameters is below the smallest {FAMILIES[spec.family][1]} "
             f"adapter on these modules ({smallest} parameters at rank 1)."
         )
-    cfg, params = found
+    cfg, params, _ = found
     return cfg, params, budget

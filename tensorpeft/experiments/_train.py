@@ -34,6 +34,22 @@ class TrainSettings:
     eval_batch_size: int = 64
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"`weight_decay` must be a finite number >= 0, got {self.weight_decay!r}.")
+        if not 0 <= self.warmup <= 1:
+            raise ValueError(f"`warmup` must be in [0, 1], got {self.warmup!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be an integer >= 0, got {self.seed!r}.")
+
 
 @dataclass
 class TrainResult:

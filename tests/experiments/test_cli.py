@@ -27,9 +27,14 @@ def test_bad_arguments_give_one_line_error(argv, needle, capsys):
 
 
 def test_argparse_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["compare", "--steps", "0"])
-    assert exc.value.code == 2
+    assert main(["compare", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`--steps` must be an integer between 1" in err
+
+
+def test_help_exits_0(capsys):
+    assert main(["budget", "--help"]) == 0
+    assert "TENSORPEFT_DEBUG=1" in capsys.readouterr().out
 
 
 def test_budget_table_for_bert_base(capsys):

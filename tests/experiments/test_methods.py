@@ -75,3 +75,83 @@ def test_budget_table_rows(bert):
         if r.params:
             assert r.params <= budget
     assert rows[0].params == budget and rows[0].rank == 2
+
+
+HUGE = 10**30
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count the planner's parameter counts; past 400 of them a search is taken to be unbounded."""
+    from tensorpeft.experiments import _methods
+
+    real = _methods.adapter_params
+    calls = []
+
+    def adapter_params_counted(model, config):
+        calls.append(config.rank)
+        if len(calls) > 400:
+            raise RuntimeError("unbounded rank search")
+        return real(model, config)
+
+    monkeypatch.setattr(_methods, "adapter_params", adapter_params_counted)
+    return calls
+
+
+@pytest.mark.parametrize("family", ["tucker2", "cp", "tt", "lora2"])
+@pytest.mark.parametrize("budget", [10**7, HUGE])
+def test_budget_above_the_format_maximum_answers_at_once(bert, family, budget, counted):
+    import dataclasses
+
+    config, params, limit = resolve_method(MethodSpec(family, str(budget)), bert, ["query", "value"])
+    assert limit == budget and params == adapter_params(bert, config) <= budget
+    assert len(counted) <= 400
+    try:
+        at_max = adapter_params(bert, dataclasses.replace(config, rank=config.rank + 1)) == params
+    except ValueError:  # one more rank is refused
+        at_max = True
+    if at_max and config.rank > 1:  # the smallest rank that reaches the maximum
+        assert adapter_params(bert, dataclasses.replace(config, rank=config.rank - 1)) < params
+
+
+def test_tensor_train_maximum_on_minilm_is_found_and_named(counted):
+    minilm = model_from_shape("bert", 6, 384, 12, 12, 1536)
+    for word in ("10000000", str(HUGE)):
+        _, rows = budget_table(minilm, ["query", "value"], word)
+        by = {r.method: r for r in rows}
+        assert by["tt"].params == 3_638_784 and "maximum" in by["tt"].note
+        assert by["lora"].rank == 384 and "maximum" in by["lora"].note  # capped at the layer width, not refused
+        assert "maximum" in by["tucker2"].note and "maximum" in by["lora2"].note
+
+
+def test_within_budget_rows_carry_no_maximum_note(bert):
+    _, rows = budget_table(bert, ["query", "value"], "r2")
+    assert all(r.note == "" for r in rows if r.params)
+
+
+@pytest.mark.parametrize(
+    ("arch", "dims", "match"),
+    [
+        ("gpt", (2, 64, 4, 4, 8), "`arch` must be"),
+        ("llama", (0, 64, 4, 4, 8), "`layers` must be an integer"),
+        ("llama", (2, 64, 4, 4, True), "`intermediate` must be an integer"),
+        ("llama", (2, 64, 3, 3, 8), "divisible by `heads`"),
+        ("llama", (2, 64, 4, 3, 8), "divisible by `kv_heads`"),
+        ("llama", (2, 60, 4, 4, 8), "must be even"),
+        ("bert", (2, 64, 4, 2, 8), "`kv_heads` must equal"),
+    ],
+)
+def test_model_from_shape_names_the_bad_number(arch, dims, match):
+    with pytest.raises(ValueError, match=match):
+        model_from_shape(arch, *dims)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lr", float("nan")), ("lr", 0.0), ("head_lr", float("inf")), ("head_lr", -1.0), ("steps", 0), ("seed", -1)],
+)
+def test_train_settings_refuse_bad_values(field, value):
+    from tensorpeft.experiments import TrainSettings
+
+    with pytest.raises(ValueError, match=f"`{field}` must be"):
+        TrainSettings(**{field: value})
