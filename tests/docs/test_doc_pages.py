@@ -5,8 +5,8 @@ reader would type them. Two reST comments, invisible on the site, steer a page:
 
 ``.. doctest-requires: tensorpeft.get_peft_model tensorpeft.TensorPeftModel``
     The examples from here to the next ``doctest-requires`` (``none`` ends the section) need these public
-    names; while one does not exist, they are skipped and the test reports it. Put such sections last:
-    later examples must not use names defined in a skipped one.
+    names; if one does not exist the page fails, naming it (a removed or renamed public name must not
+    turn a tutorial into a skip).
 ``.. doctest-mark: slow``
     The page runs only with ``-m slow`` (``make test-slow``).
 """
@@ -79,7 +79,6 @@ def test_page_examples(page: Path):
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     globs = {"__name__": f"docs.{page.stem}"}
     report: list[str] = []
-    skipped: list[str] = []
     ran = 0
     for line, names, chunk in sections(text):
         test = parser.get_doctest(chunk, globs, page.stem, str(page), line)
@@ -87,16 +86,13 @@ def test_page_examples(page: Path):
             continue
         absent = missing(names)
         if absent:
-            skipped.append(f"{len(test.examples)} examples from line {line + 1} wait for {', '.join(absent)}")
-            continue
+            pytest.fail(f"{page.name}: examples from line {line + 1} need {', '.join(absent)}, which do not exist")
         runner.run(test, out=report.append, clear_globs=False)
         globs = test.globs  # DocTest copies the namespace: carry it on to the next section
         ran += len(test.examples)
     result = runner.summarize(verbose=False)
     if result.failed:
         pytest.fail("".join(report), pytrace=False)
-    if skipped:
-        pytest.skip(f"{page.relative_to(DOCS)}: {ran} examples passed; " + "; ".join(skipped))
     assert ran > 0, f"{page} has examples but none ran"
 
 
