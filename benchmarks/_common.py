@@ -181,7 +181,7 @@ def write_json(name: str, payload: Mapping) -> Path:
     """Write ``payload`` to ``benchmarks/results/<name>.json``; return the path."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)  # never a half-written results file
+    from tensorpeft._safe_io import write_file_atomic  # here: importing tensorpeft loads numpy (see above)
+
+    write_file_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())  # never half-written
     return path

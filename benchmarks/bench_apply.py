@@ -55,13 +55,8 @@ def formats(layers: int, dim: int, lora_rank: int, match: str = "params") -> dic
             continue
         if match == "rank":
             out[name] = cls(rank=lora_rank, **common, **extra)
-        elif hasattr(decomp, "rank_for_budget"):
+        else:
             out[name] = decomp.rank_for_budget(cls, budget, **common, **extra)
-        else:  # before _ranks.py existed: largest scalar rank within the budget
-            r = 1
-            while cls(rank=r + 1, **common, **extra).num_params <= budget:
-                r += 1
-            out[name] = cls(rank=r, **common, **extra)
     return out
 
 

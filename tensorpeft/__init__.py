@@ -4,14 +4,8 @@
 imported on first access to one of its names, e.g. ``tp.get_peft_model``.
 """
 
-from importlib import metadata as _metadata
-
 from . import decomp
-
-try:  # one source of truth: the version in pyproject.toml, as installed
-    __version__ = _metadata.version("tensorpeft")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
-    __version__ = "0+unknown"
+from ._version import __version__
 
 # Public names of tensorpeft.nn, resolved lazily (PEP 562) so that `import tensorpeft` needs no torch.
 _NN_NAMES = (

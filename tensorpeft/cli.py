@@ -54,13 +54,15 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _int(text: str, lo: int, hi: int) -> int:
+def _int(text: str, lo: int, hi: int | None = None) -> int:
+    """``text`` as an integer in ``[lo, hi]`` (``hi`` None: no upper bound); else an argparse error."""
     try:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or not lo <= value <= hi:
-        raise argparse.ArgumentTypeError(f"must be an integer between {lo:,} and {hi:,}, got {text!r}")
+    if value is None or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo:,} and {hi:,}"
+        raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
     return value
 
 
@@ -68,15 +70,7 @@ def _bounded(lo: int, hi: int | None = None):
     """An argparse type: an integer in ``[lo, hi]`` (``hi`` None: no upper bound)."""
 
     def parse(text: str) -> int:
-        if hi is not None:
-            return _int(text, lo, hi)
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}")
-        return value
+        return _int(text, lo, hi)
 
     return parse
 
@@ -127,9 +121,7 @@ def _choice(options):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .experiments._budget import SHAPES
-    from .experiments._data import DATASETS
-    from .experiments._methods import DEFAULT_METHODS
+    from .experiments import DATASETS, DEFAULT_METHODS, SHAPES
 
     parser = _Parser(prog="tensorpeft", description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _budget_model(args):
     """The model structure ``budget`` plans on, from ``--shape``, ``--dims`` or ``--model``."""
-    from .experiments._budget import SHAPES, check_shape, model_from_path, model_from_shape
+    from .experiments import SHAPES, check_shape, model_from_path, model_from_shape
 
     if args.arch is not None and args.dims is None:
         raise ValueError(f"`--arch` only applies to a layout given by `--dims`, got --arch {args.arch} without it.")
@@ -228,14 +220,14 @@ def _budget_model(args):
             raise ValueError(f"`--dims` {dims} (LAYERS,HIDDEN,HEADS,KV_HEADS,INTERMEDIATE, {arch}): {exc}") from None
         return model_from_shape(arch, *args.dims)
     if args.model is None:
-        from .experiments._compare import default_model_path
+        from .experiments import default_model_path
 
         return model_from_path(default_model_path(), name="--model")
     return model_from_path(args.model, name="--model")
 
 
 def _budget(args) -> int:
-    from .experiments._budget import budget_table, format_budget_table
+    from .experiments import budget_table, format_budget_table
 
     model = _budget_model(args)
     is_llama = "llama" in type(model).__name__.lower()
@@ -252,9 +244,7 @@ QUICK_METHODS = ("head", "lora:r8", "tucker2:r1", "cp:tiny")
 
 def _compare_settings(args):
     """Check every argument of ``compare`` that needs no training, and return its settings."""
-    from .experiments._compare import CompareSettings, default_model_path
-    from .experiments._methods import DEFAULT_METHODS, parse_methods
-    from .experiments._train import TrainSettings
+    from .experiments import DEFAULT_METHODS, CompareSettings, TrainSettings, default_model_path, parse_methods
 
     model_path = Path(args.model) if args.model is not None else default_model_path()
     if not (model_path / "config.json").is_file():
@@ -283,7 +273,7 @@ def _compare_settings(args):
 
 
 def _compare(args) -> int:
-    from .experiments._compare import check_data_sizes, format_table, prepare_output_dir, run_compare, write_outputs
+    from .experiments import check_data_sizes, format_table, prepare_output_dir, run_compare, write_outputs
 
     settings = _compare_settings(args)
     _check_budgets(settings)
@@ -307,8 +297,7 @@ def _compare(args) -> int:
 
 def _check_budgets(settings) -> None:
     """Resolve every method on the model structure first, so a bad budget fails before any training."""
-    from .experiments._budget import model_from_path
-    from .experiments._methods import FAMILIES, at_format_max, resolve_method
+    from .experiments import FAMILIES, at_format_max, model_from_path, resolve_method
 
     model = model_from_path(settings.model_path, name="--model")
     for spec in settings.methods:

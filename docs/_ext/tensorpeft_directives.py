@@ -1,8 +1,8 @@
 """Directives whose numbers are computed from the library (or read from result files) at build time.
 
 Nothing on the site is typed in by hand that the code can compute: parameter counts and FLOPs come from
-the format objects, budget tables from ``decomp.rank_for_budget`` (with a small search as a stand-in
-until it lands), benchmark tables from ``benchmarks/results/*.json``, CLI tables from running the CLI.
+the format objects, budget tables from ``decomp.rank_for_budget``, benchmark tables from
+``benchmarks/results/*.json``, CLI tables from running the CLI.
 
 ``.. tensorpeft-param-table::``
     Parameters against rank. Content: ``label: expression`` lines with ``{r}`` for the rank, e.g.
@@ -80,23 +80,10 @@ def largest_within(cls, budget: int, **kwargs):
     """The format of ``cls`` with the largest rank whose parameter count is within ``budget`` (or None)."""
     from tensorpeft import decomp
 
-    finder = getattr(decomp, "rank_for_budget", None)
-    if finder is not None:
-        try:
-            return finder(cls, budget, **kwargs)
-        except ValueError:  # even the smallest format is over budget
-            return None
-    # Stand-in until decomp.rank_for_budget lands: walk the scalar rank up while it fits.
-    best, previous = None, None
-    for r in range(1, 1_000_000):
-        try:
-            fmt = cls(rank=r, **kwargs)
-        except ValueError:  # past the format's rank bound
-            break
-        if fmt.num_params > budget or (previous is not None and fmt.rank == previous.rank):
-            break
-        best = previous = fmt
-    return best
+    try:
+        return decomp.rank_for_budget(cls, budget, **kwargs)
+    except ValueError:  # even the smallest format is over budget
+        return None
 
 
 def fmt_int(n) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import opt_einsum
 
 from ._contract import contract
-from ._validate import check_n_iter_max, check_seed, check_tol
+from .validate import check_n_iter_max, check_seed, check_tol
 
 __all__ = ["fit_als"]
 

@@ -129,9 +129,6 @@ class NumpyOps(Ops):
     def svd(self, x):
         return np.linalg.svd(x, full_matrices=False)
 
-    def eigh(self, x):
-        return np.linalg.eigh(x)
-
     def qr(self, x):
         return np.linalg.qr(x)
 
@@ -143,9 +140,6 @@ class NumpyOps(Ops):
 
     def matrix_frobenius(self, x):
         return np.linalg.norm(x, axis=(-2, -1))
-
-    def flip(self, x, axis):
-        return np.flip(x, axis=axis)
 
     def swapaxes(self, x, a, b):
         return np.swapaxes(x, a, b)
@@ -224,9 +218,6 @@ class TorchOps(Ops):
     def svd(self, x):
         return self.torch.linalg.svd(x, full_matrices=False)
 
-    def eigh(self, x):
-        return self.torch.linalg.eigh(x)
-
     def qr(self, x):
         return self.torch.linalg.qr(x)
 
@@ -242,9 +233,6 @@ class TorchOps(Ops):
     def matrix_frobenius(self, x):
         # torch's norm has gradient 0 (not NaN) at exactly 0, e.g. at orthonormal planes
         return self.torch.linalg.matrix_norm(x, ord="fro")
-
-    def flip(self, x, axis):
-        return self.torch.flip(x, dims=(axis,))
 
     def swapaxes(self, x, a, b):
         return self.torch.swapaxes(x, a, b)

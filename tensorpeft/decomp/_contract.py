@@ -38,7 +38,7 @@ import opt_einsum
 
 from ._backend import Ops
 
-__all__ = ["EXECUTORS", "contract", "contraction_plan", "executor"]
+__all__ = ["EXECUTORS", "contract", "executor"]
 
 EXECUTORS = ("gemm", "pairwise", "expression", "einsum")
 _current = {"executor": "gemm"}
@@ -138,14 +138,6 @@ def _plan(equation: str, shapes: tuple[tuple[int, ...], ...], activation: int | 
         derived.append(any(flags))
         steps.append(_Step(positions, step_equation, gemm))
     return tuple(steps)
-
-
-def contraction_plan(equation: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[int, ...], str], ...]:
-    """Return the pairwise steps ``((positions, einsum), ...)`` for ``equation`` on ``shapes``.
-
-    Positions index the current operand list; the result of each step is appended to its end.
-    """
-    return tuple((s.positions, s.equation) for s in _plan(equation, shapes))
 
 
 @lru_cache(maxsize=256)

@@ -8,7 +8,7 @@ from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import leading_left_vectors
-from ._validate import MAX_RANK, check_n_iter_max, check_seed, check_size, check_tol
+from .validate import MAX_RANK, check_n_iter_max, check_seed, check_size, check_tol, normalize_index
 
 __all__ = ["CP"]
 
@@ -87,8 +87,32 @@ class CP(StackedFormat):
         return super()._args() | {"rank": self.rank, "heads": self.heads}
 
     @classmethod
-    def _max_scale(cls, **kwargs):
+    def max_scale(cls, **kwargs):
+        """None: the CP rank has no upper bound."""
         return None
+
+    @property
+    def slice_rank(self) -> int:
+        """``min(R, d_out, d_in)``: each slice (and head block) is ``out·diag(·)·inᵀ``."""
+        return min(self.rank, self.out_features, self.in_features)
+
+    def lora_factors(self, factors, index=()):
+        """``(out ⊙ heads ⊙ c_s, inᵀ)``, exact with all ``R`` components, as :meth:`TensorNetwork.lora_factors`.
+
+        ``B`` keeps the ``R`` columns even when ``R`` exceeds :attr:`slice_rank`.
+        """
+        ops = self.check_factors(factors)
+        index = normalize_index(index, self.stack)
+        out = factors["out"]
+        if self.heads is not None:
+            out = (factors["heads"][:, None, :] * out[None]).reshape((self.out_features, self.rank))
+        for k, i in enumerate(index):
+            out = out * factors[f"stack{k}"][i]
+        return out, ops.swapaxes(factors["in"], 0, 1)
+
+    def init_from_weights(self, dense) -> dict:
+        """CP-ALS of ``dense``, stopped after :attr:`init_sweeps` sweeps (directions are all an init needs)."""
+        return self.fit(dense, n_iter_max=self.init_sweeps)[0]
 
     def init_std(self, name):
         """Unit variance for stack and head factors, ``1/sqrt(size)`` for ``out`` and ``in``."""

@@ -8,7 +8,7 @@ from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import truncated_svd
-from ._validate import MAX_RANK, check_at_most, check_size
+from .validate import MAX_RANK, check_at_most, check_size, normalize_index
 
 __all__ = ["LoRA"]
 
@@ -65,6 +65,17 @@ class LoRA(StackedFormat):
 
     def _args(self):
         return super()._args() | {"rank": self.rank}
+
+    @property
+    def slice_rank(self) -> int:
+        """``r``: every slice is ``B_s A_s``."""
+        return self.rank
+
+    def lora_factors(self, factors, index=()):
+        """``(B_s, A_s)`` of slice ``index`` (exact), as :meth:`TensorNetwork.lora_factors`."""
+        self.check_factors(factors)
+        index = normalize_index(index, self.stack)
+        return factors["B"][index], factors["A"][index]
 
     def init_std(self, name):
         """PEFT's scale for ``A`` (kaiming-uniform variance), ``1/sqrt(r)`` for ``B`` in :meth:`random`."""

@@ -20,7 +20,7 @@ import opt_einsum
 from . import _als
 from ._backend import ops_for, ops_named
 from ._contract import contract
-from ._validate import (
+from .validate import (
     EINSUM_LETTERS,
     MAX_RANK,
     MAX_SIZE,
@@ -66,7 +66,10 @@ def _check_factor_names(factor_names, count: int) -> tuple[str, ...]:
     expected = f"`factor_names` must be {count} distinct names (one per operand)"
     if isinstance(factor_names, str | bytes) or not isinstance(factor_names, Iterable):
         raise TypeError(f"{expected}, got {factor_names!r}.")
-    names = tuple(islice(factor_names, count + 1))
+    try:
+        names = tuple(islice(factor_names, count + 1))
+    except TypeError:  # iterable in type only (a 0-d array)
+        raise TypeError(f"{expected}, got {factor_names!r}.") from None
     if not all(isinstance(n, str) for n in names):
         raise TypeError(f"{expected} of type str, got {names!r}.")
     if len(names) != count or len(set(names)) != count:
@@ -499,6 +502,79 @@ class TensorNetwork:
             )
         return _als.relative_error(self, dense, factors, ops)
 
+    # ------------------------------------------------------------------ the format protocol
+    #: Sweeps of the generic ALS fit when :meth:`init_from_weights` only needs directions.
+    init_sweeps = 50
+
+    @property
+    def slice_rank(self) -> int:
+        """Upper bound on the rank of every slice ``ΔW[index]``: here ``min(out_features, in_features)``.
+
+        Built-in formats override it with the tighter bound of their equation (the smaller side of a
+        bottleneck, hence a ``min``); :meth:`lora_factors` returns factors this wide.
+        """
+        return min(self.out_features, self.in_features)
+
+    def lora_factors(self, factors, index=()):
+        """``(B, A)``, ``B (out_features, R)`` and ``A (R, in_features)`` with ``B @ A == ΔW[index]``.
+
+        ``R`` is :attr:`slice_rank`. This generic route materializes the slice and keeps its ``R``
+        leading singular pairs (exact here, since ``R = min(out, in)``); the built-in formats override it
+        with closed forms, exact for LoRA, Tucker-2, CP and LoRA² (no dense matrix). Arrays stay in the
+        factors' backend and dtype.
+
+        Parameters
+        ----------
+        factors : dict
+            Factors of this format.
+        index : tuple of int or int
+            Which slice of the stack.
+
+        Returns
+        -------
+        tuple of array
+            ``(B, A)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`check_factors`, and naming `index` when it is out of range.
+        """
+        ops = self.check_factors(factors)
+        index = normalize_index(index, self.stack)
+        return self._svd_lora_factors(factors, index, ops)
+
+    def _svd_lora_factors(self, factors, index, ops):
+        """The slice's ``slice_rank`` leading singular pairs, ``(U S, Vᵀ)``."""
+        like = factors[self.factor_names[0]]
+        dtype = ops.dtype_of(like)
+        eye = ops.eye(self.in_features, dtype, like=like)
+        dense = ops.swapaxes(self.apply(factors, eye, index), 0, 1)
+        work = ops.working_dtype(dtype)  # no SVD in half precision: float32, then rounded back
+        u, sv, vt = ops.svd(ops.cast(dense, work) if work != dtype else dense)
+        rank = self.slice_rank
+        B, A = u[:, :rank] * sv[:rank], vt[:rank]
+        return (B, A) if work == dtype else (ops.cast(B, dtype), ops.cast(A, dtype))
+
+    def init_from_weights(self, dense) -> dict:
+        """Factors fitted to ``dense`` (the pretrained weights of a stack) whose directions seed an init.
+
+        ``nn``'s ``init="svd"`` zeroes :attr:`zero_factor` and rescales the others. The generic fit is
+        alternating least squares, stopped after :attr:`init_sweeps` sweeps (directions are all it needs);
+        formats with a closed-form fit (SVD, HOOI, TT-SVD) run it as :meth:`fit` does.
+
+        Parameters
+        ----------
+        dense : array of :attr:`shape`
+            The weights to fit (numpy or torch).
+
+        Returns
+        -------
+        dict
+            Factors in ``dense``'s backend and dtype.
+        """
+        return self.fit(dense, n_iter_max=self.init_sweeps)[0]
+
 
 def _first_free_symbol(sizes) -> int:
     k = 0
@@ -511,7 +587,7 @@ def fresh_letters(count: int, avoid: str, name: str = "stack") -> str:
     """``count`` einsum letters (a-z, A-Z) not in ``avoid``, readable lower-case first.
 
     Raises ValueError naming ``name`` (the argument the count comes from) when the format's letters,
-    these and ``avoid``, would be more than a format may use (:data:`._validate.MAX_FORMAT_LETTERS`).
+    these and ``avoid``, would be more than a format may use (:data:`.validate.MAX_FORMAT_LETTERS`).
     """
     check_index_letters(count + len(set(avoid)), name)
     free = [c for c in _ASCII_LETTERS if c not in avoid]

@@ -7,7 +7,7 @@ from ._backend import ops_named
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import truncated_svd
-from ._validate import MAX_RANK, check_at_most, check_size
+from .validate import MAX_RANK, check_at_most, check_size, normalize_index
 
 __all__ = ["OrthogonalProjection"]
 
@@ -81,13 +81,27 @@ class OrthogonalProjection(StackedFormat):
     def _args(self):
         return super()._args() | {"rank": self.rank, "inner": self.inner}
 
+    @property
+    def slice_rank(self) -> int:
+        """``r``: every slice is ``P_s diag(λ_s) Q_s``."""
+        return self.rank
+
+    def lora_factors(self, factors, index=()):
+        """``(U1 U2 diag(λ), V2 V1)`` of slice ``index`` (exact), as :meth:`TensorNetwork.lora_factors`."""
+        self.check_factors(factors)
+        index = normalize_index(index, self.stack)
+        f = {n: factors[n][index] for n in self.factor_names}
+        return f["U1"] @ f["U2"] * f["lambda"], f["V2"] @ f["V1"]
+
     @classmethod
-    def _from_scale(cls, scale, inner=None, **kwargs):
-        # A fixed `inner` is kept as given (the constructor checks it); `_max_scale` keeps scale <= inner.
+    def from_scale(cls, scale, inner=None, **kwargs):
+        """Rank ``scale`` with ``inner = scale``, unless ``inner`` is fixed."""
+        # A fixed `inner` is kept as given (the constructor checks it); `max_scale` keeps scale <= inner.
         return cls(rank=scale, inner=scale if inner is None else inner, **kwargs)
 
     @classmethod
-    def _max_scale(cls, inner=None, **kwargs):
+    def max_scale(cls, inner=None, **kwargs):
+        """``min(d_out, d_in)``, or ``inner`` when it is fixed and smaller."""
         bound = min(kwargs["out_features"], kwargs["in_features"])
         return bound if inner is None else min(inner, bound)
 

@@ -1,13 +1,13 @@
 """Rank ⇄ parameter-count maths in plain Python ints: the largest format within a budget.
 
 Every format answers "how many parameters at rank r" exactly (:attr:`TensorNetwork.num_params`); this
-module inverts that map. A format class opts in with two classmethods, which the built-in formats
-define in :mod:`._stacked` and their own modules:
+module inverts that map. A format class opts in with two classmethods of the format protocol
+(``docs/guide/protocol.rst``), which the built-in formats define in :mod:`._stacked` and their own modules:
 
-``_from_scale(scale, **kwargs)``
+``from_scale(scale, **kwargs)``
     The format with scalar rank ``scale`` (Tucker-2: ``(scale, scale)`` unless one side is fixed;
     tensor-train: every bond ``scale``, capped at its bound; LoRA²: ``inner`` follows ``rank``).
-``_max_scale(**kwargs)``
+``max_scale(**kwargs)``
     The largest meaningful ``scale``, or None when unbounded (CP).
 
 A plain :class:`TensorNetwork` needs no hooks: name the rank letters with ``rank_indices=``.
@@ -16,20 +16,13 @@ A plain :class:`TensorNetwork` needs no hooks: name the rank letters with ``rank
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from ._cp import CP
-from ._lora import LoRA
 from ._network import TensorNetwork
-from ._orthogonal import OrthogonalProjection
-from ._stacked import StackedFormat
-from ._tt import TensorTrain
-from ._tucker2 import Tucker2
-from ._validate import MAX_RANK, check_positive_int, check_size, check_size_tuple
+from .validate import MAX_RANK, check_positive_int
 
-__all__ = ["BudgetError", "Comparison", "ComparisonRow", "compare", "rank_for_budget"]
+__all__ = ["BudgetError", "BudgetPlan", "check_budget", "rank_for_budget"]
 
 
 class BudgetError(ValueError):
@@ -70,17 +63,23 @@ def check_budget(budget) -> int:
     return int(budget)
 
 
-def rank_for_budget(format_cls, budget, **kwargs):
+def rank_for_budget(format_cls, budget, *, stacks=None, **kwargs):
     r"""The format of class ``format_cls`` with the largest rank whose parameter count fits ``budget``.
 
     Parameters
     ----------
     format_cls : type
         A format class: :class:`LoRA`, :class:`Tucker2`, :class:`CP`, :class:`TensorTrain`,
-        :class:`OrthogonalProjection`, a subclass defining the ``_from_scale``/``_max_scale`` hooks
+        :class:`OrthogonalProjection`, a subclass defining the ``from_scale``/``max_scale`` hooks
         (see Notes), or :class:`TensorNetwork` itself.
     budget : int
         Maximum number of parameters (``num_params``), a positive integer.
+    stacks : list of tuple, dict or plan, optional
+        Several stacks sharing one scalar rank (the stacks of a model): each a ``(stack, out_features,
+        in_features)`` tuple, a dict of constructor arguments (``heads``, modes, ...) or an object with
+        those attributes (a :class:`tensorpeft.nn.StackPlan`, its ``heads`` included when set), merged over
+        ``kwargs``. The count is the sum over the stacks, and a scale that one stack refuses (past its
+        layer dimension) does not fit.
     **kwargs
         The constructor's other arguments (``stack``, ``out_features``, ``in_features``, ``heads``,
         ``in_modes``, ``out_modes``, ``share_stack``, ``inner``, ...), never ``rank``. Tucker-2 also
@@ -91,19 +90,21 @@ def rank_for_budget(format_cls, budget, **kwargs):
 
     Returns
     -------
-    TensorNetwork
+    TensorNetwork or BudgetPlan
         An instance of ``format_cls``: ``num_params <= budget``, and maximal: the next scalar rank
-        would exceed ``budget``, or the rank is already at its bound.
+        would exceed ``budget``, or the rank is already at its bound. With ``stacks``, a
+        :class:`BudgetPlan`: the shared scale, one format per stack and whether it is the maximum.
 
     Raises
     ------
     TypeError
         If ``budget`` is not an integer, ``rank`` is passed, or ``format_cls`` is not a format class
         with the hooks (or the :class:`TensorNetwork` constructor), or a hook returns something else
-        (``_from_scale`` a non-format, ``_max_scale`` a non-integer).
+        (``from_scale`` a non-format, ``max_scale`` a non-integer).
     ValueError
         If ``budget < 1``, or if even rank 1 exceeds it (a :class:`BudgetError` naming the smallest
-        format's parameter count), or if the constructor rejects ``kwargs``.
+        format's parameter count), or if the constructor rejects ``kwargs`` (or a stack at rank 1).
+        ``stacks`` that is not a non-empty list of tuples or dicts raises naming `stacks`.
 
     Notes
     -----
@@ -154,6 +155,12 @@ def rank_for_budget(format_cls, budget, **kwargs):
     ...     stack_indices="l", out_indices="o", in_indices="i", rank_indices="rs")
     >>> f.sizes["r"], f.num_params
     (3, 69)
+
+    The stacks of a model (one scale, the counts summed):
+
+    >>> plan = decomp.rank_for_budget(decomp.Tucker2, 30_000, stacks=[((12,), 768, 768), ((12,), 3072, 768)])
+    >>> plan.scale, plan.num_params, plan.formats[1].rank
+    (5, 27480, (5, 5))
     """
     budget = check_budget(budget)
     if not isinstance(format_cls, type) or not issubclass(format_cls, TensorNetwork):
@@ -166,68 +173,169 @@ def rank_for_budget(format_cls, budget, **kwargs):
             "`rank` is what rank_for_budget chooses; pass the other constructor arguments only "
             "(for Tucker2, fix one side with `rank_out=` or `rank_in=`)."
         )
+    if stacks is not None:
+        return _plan_for_budget(format_cls, budget, stacks, kwargs)
     build, bound = _hooks(format_cls, kwargs)
     smallest = _check_built(build(1), format_cls)  # validates kwargs through the constructor before any bound
+    _check_fits(smallest, budget, f"{format_cls.__name__} (rank 1)")
+    hi = _check_bound(bound(), format_cls)
+    return _largest_within(lambda scale: _check_built(build(scale), format_cls), smallest, budget, hi)
+
+
+def _check_fits(smallest, budget: int, what: str) -> None:
+    """Raise a :class:`BudgetError` when ``smallest`` (rank 1) has more parameters than ``budget``."""
     if smallest.num_params > budget:
         raise BudgetError(
-            f"`budget`={budget} is below the {smallest.num_params} parameters of the smallest "
-            f"{format_cls.__name__} (rank 1).",
-            smallest,
+            f"`budget`={budget} is below the {smallest.num_params} parameters of the smallest {what}.", smallest
         )
-    hi = _check_bound(bound(), format_cls)
+
+
+def _largest_within(build, smallest, budget: int, hi: int | None):
+    """The candidate of the largest scale in ``[1, hi]`` whose ``num_params`` fits ``budget``.
+
+    ``build(scale)`` returns a candidate with ``num_params``, or None where the scale is refused (a
+    stack of a plan past its layer dimension); fitting must be monotone in the scale. ``smallest`` is
+    ``build(1)``, known to fit. An unbounded ``hi`` (None) searches ``[1, budget]``; every bound is
+    capped at ``MAX_RANK``, so at most 64 candidates are built.
+    """
     hi = min(budget if hi is None else hi, MAX_RANK)
+
+    def fits(candidate):
+        return candidate is not None and candidate.num_params <= budget
+
     if hi > 1:
-        largest = _check_built(build(hi), format_cls)
-        if largest.num_params <= budget:  # e.g. a huge budget: the largest format, at once
+        largest = build(hi)
+        if fits(largest):  # e.g. a huge budget: the largest format, at once
             return largest
         hi -= 1
-    lo, best = 1, smallest  # invariant: build(lo).num_params <= budget
+    lo, best = 1, smallest  # invariant: build(lo) fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        candidate = _check_built(build(mid), format_cls)
-        if candidate.num_params <= budget:
+        candidate = build(mid)
+        if fits(candidate):
             lo, best = mid, candidate
         else:
             hi = mid - 1
     return best
 
 
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """Formats of several stacks at one shared scalar rank: :func:`rank_for_budget` with ``stacks=``.
+
+    Attributes
+    ----------
+    scale : int
+        The scalar rank shared by every stack.
+    formats : tuple of TensorNetwork
+        One format per stack, in the order of ``stacks``.
+    at_max : bool
+        Whether one more scale adds no parameter or is refused by a stack: the formats' maximum.
+
+    Examples
+    --------
+    >>> from tensorpeft import decomp
+    >>> plan = decomp.rank_for_budget(decomp.LoRA, 1_000, stacks=[((2,), 16, 16), ((), 32, 16)])
+    >>> plan.scale, plan.num_params, [f.num_params for f in plan.formats]
+    (8, 896, [512, 384])
+    """
+
+    scale: int
+    formats: tuple[TensorNetwork, ...]
+    at_max: bool = False
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of all the stacks together."""
+        return sum(f.num_params for f in self.formats)
+
+
+def _check_stacks(stacks) -> list[dict]:
+    """``stacks`` as a list of constructor-argument dicts (TypeError/ValueError naming `stacks`)."""
+    if isinstance(stacks, str | bytes | Mapping) or not isinstance(stacks, Sequence):
+        raise TypeError(
+            "`stacks` must be a list of (stack, out_features, in_features) tuples, of dicts of constructor "
+            f"arguments or of stack plans, got {type(stacks).__name__}."
+        )
+    if not stacks:
+        raise ValueError("`stacks` must name at least one stack, got an empty list.")
+    out = []
+    for k, item in enumerate(stacks):
+        if isinstance(item, Mapping):
+            out.append(dict(item))
+        elif isinstance(item, tuple | list) and len(item) == 3:
+            out.append(dict(zip(("stack", "out_features", "in_features"), item, strict=True)))
+        elif all(hasattr(item, a) for a in ("stack", "out_features", "in_features")):  # a StackPlan of nn
+            out.append({"stack": item.stack, "out_features": item.out_features, "in_features": item.in_features})
+            if getattr(item, "heads", None) is not None:
+                out[-1]["heads"] = item.heads
+        else:
+            raise TypeError(
+                f"`stacks[{k}]` must be a (stack, out_features, in_features) tuple or a dict of constructor "
+                f"arguments, got {item!r}."
+            )
+        if "rank" in out[-1]:
+            raise TypeError(f"`stacks[{k}]` names `rank`, which is what rank_for_budget chooses.")
+    return out
+
+
+def _plan_for_budget(format_cls, budget: int, stacks, kwargs) -> BudgetPlan:
+    """One shared scale for every stack of ``stacks``, the largest whose summed count fits ``budget``."""
+    hooks = [_hooks(format_cls, kwargs | item) for item in _check_stacks(stacks)]
+
+    def build(scale):
+        try:
+            return BudgetPlan(scale, tuple(_check_built(make(scale), format_cls) for make, _ in hooks))
+        except ValueError:
+            if scale == 1:  # the arguments themselves are wrong: say so
+                raise
+            return None  # a stack refuses this scale (past its layer dimension)
+
+    smallest = build(1)
+    _check_fits(smallest, budget, f"{format_cls.__name__} on these {len(hooks)} stack(s) (rank 1)")
+    bounds = [_check_bound(bound(), format_cls) for _, bound in hooks]
+    best = _largest_within(build, smallest, budget, None if None in bounds else max(bounds))
+    following = build(best.scale + 1) if best.scale < MAX_RANK else None
+    at_max = following is None or following.num_params == best.num_params
+    return dataclasses.replace(best, at_max=at_max)
+
+
 def _check_bound(hi, format_cls):
-    """The ``_max_scale`` of a format: None or a positive int (TypeError/ValueError naming `format_cls` otherwise)."""
+    """The ``max_scale`` of a format: None or a positive int (TypeError/ValueError naming `format_cls` otherwise)."""
     if hi is None:
         return None
     if isinstance(hi, bool) or not isinstance(hi, numbers.Integral):
         raise TypeError(
-            f"`format_cls`={format_cls.__name__}: `_max_scale` must return a positive int or None, got {hi!r}."
+            f"`format_cls`={format_cls.__name__}: `max_scale` must return a positive int or None, got {hi!r}."
         )
     if hi < 1:
-        raise ValueError(f"`format_cls`={format_cls.__name__}: `_max_scale` must be at least 1, got {hi!r}.")
+        raise ValueError(f"`format_cls`={format_cls.__name__}: `max_scale` must be at least 1, got {hi!r}.")
     return int(hi)
 
 
 def _check_built(fmt, format_cls):
-    """The format a ``_from_scale`` hook built, which must be a TensorNetwork with an int ``num_params``."""
+    """The format a ``from_scale`` hook built, which must be a TensorNetwork with an int ``num_params``."""
     if not isinstance(fmt, TensorNetwork):
         raise TypeError(
-            f"`format_cls`={format_cls.__name__}: `_from_scale` must return a format, got {type(fmt).__name__}."
+            f"`format_cls`={format_cls.__name__}: `from_scale` must return a format, got {type(fmt).__name__}."
         )
     return fmt
 
 
 def _hooks(format_cls, kwargs):
     """``(build(scale), bound())`` for ``format_cls``: its own hooks, or the generic network's."""
-    if hasattr(format_cls, "_from_scale"):
-        max_scale = getattr(format_cls, "_max_scale", None)
+    if hasattr(format_cls, "from_scale"):
+        max_scale = getattr(format_cls, "max_scale", None)
 
         def bound():
             return None if max_scale is None else max_scale(**kwargs)
 
-        return (lambda scale: format_cls._from_scale(scale, **kwargs)), bound
+        return (lambda scale: format_cls.from_scale(scale, **kwargs)), bound
     if format_cls.__init__ is TensorNetwork.__init__:
         return _network_hooks(format_cls, dict(kwargs))
     raise TypeError(
-        f"`format_cls`={format_cls.__name__} has no rank hooks: define classmethods `_from_scale(scale, **kwargs)` "
-        "(the format at scalar rank `scale`) and `_max_scale(**kwargs)` (its bound, or None) to use rank_for_budget."
+        f"`format_cls`={format_cls.__name__} has no rank hooks: define classmethods `from_scale(scale, **kwargs)` "
+        "(the format at scalar rank `scale`) and `max_scale(**kwargs)` (its bound, or None) to use rank_for_budget."
     )
 
 
@@ -262,269 +370,4 @@ def _network_hooks(format_cls, kwargs):
 
 
 BudgetError.__module__ = "tensorpeft.decomp"  # as users import it; shows so in tracebacks
-
-
-# --------------------------------------------------------------------------- compare
-
-#: The built-in formats in table order, with the name of the paper each one implements.
-BUILTIN_FORMATS: tuple[tuple[type[StackedFormat], str], ...] = (
-    (LoRA, "LoRA"),
-    (Tucker2, "LoTR"),
-    (CP, "LoRTA"),
-    (TensorTrain, "TT-LoRA"),
-    (OrthogonalProjection, "LoRA²"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class ComparisonRow:
-    """One format at the budget of a :func:`compare` table.
-
-    The numeric fields are None (and ``note`` says why) when the format cannot fit the budget.
-    ``vs_dense`` is dense parameters / ``num_params``; ``vs_lora`` is the parameters LoRA needs for
-    ``slice_rank`` on every slice / ``num_params``.
-
-    Attributes
-    ----------
-    name : str
-        The format's class name.
-    alias : str
-        The name the format goes by in its paper.
-    rank : int or tuple of int or None
-        The largest rank that fits the budget.
-    num_params : int or None
-        Parameters of the format at that rank.
-    slice_rank : int or None
-        Rank of each ``d_out × d_in`` slice of the update.
-    vs_dense, vs_lora : float or None
-        Parameter ratios against the dense update and against LoRA (see above).
-    note : str
-        Why the numeric fields are None, or ``""``.
-    format : TensorNetwork or None
-        The format itself (not in the repr, not compared).
-
-    Examples
-    --------
-    >>> from tensorpeft import decomp
-    >>> row = decomp.compare(budget=600, stack=(4,), out_features=16, in_features=16).rows[0]
-    >>> row.name, row.rank, row.num_params, row.vs_dense
-    ('LoRA', 4, 512, 2.0)
-    """
-
-    name: str
-    alias: str
-    rank: int | tuple[int, ...] | None
-    num_params: int | None
-    slice_rank: int | None
-    vs_dense: float | None
-    vs_lora: float | None
-    note: str = ""
-    format: TensorNetwork | None = dataclasses.field(default=None, repr=False, compare=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """Every built-in format at one parameter budget (the result of :func:`compare`).
-
-    ``rows`` holds one :class:`ComparisonRow` per format; ``str(table)`` renders an aligned
-    plain-text table and :meth:`to_dicts` plain Python values (for JSON or a DataFrame).
-
-    Attributes
-    ----------
-    budget : int
-        The parameter budget.
-    stack : tuple of int
-        Sizes of the stacked modes.
-    out_features, in_features : int
-        Matrix shape ``d_out × d_in``.
-    rows : tuple of ComparisonRow
-        One row per format.
-
-    Examples
-    --------
-    >>> from tensorpeft import decomp
-    >>> table = decomp.compare(budget=600, stack=(4,), out_features=16, in_features=16)
-    >>> table.budget, len(table), table.dense_params
-    (600, 5, 1024)
-    """
-
-    budget: int
-    stack: tuple[int, ...]
-    out_features: int
-    in_features: int
-    rows: tuple[ComparisonRow, ...]
-
-    @property
-    def dense_params(self) -> int:
-        """Parameters of the dense update, ``prod(stack)·d_out·d_in``."""
-        return math.prod(self.stack) * self.out_features * self.in_features
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def to_dicts(self) -> list[dict]:
-        """One dict per row with every field but ``format`` (plain ints, floats, tuples, str)."""
-        return [{k: v for k, v in dataclasses.asdict(row).items() if k != "format"} for row in self.rows]
-
-    def __str__(self) -> str:
-        header = ("format", "paper", "rank", "params", "slice rank", "vs dense", "vs LoRA", "note")
-        cells = [header]
-        for row in self.rows:
-            cells.append(
-                (
-                    row.name,
-                    row.alias,
-                    _text(row.rank),
-                    _text(row.num_params),
-                    _text(row.slice_rank),
-                    _text(row.vs_dense, ratio=True),
-                    _text(row.vs_lora, ratio=True),
-                    row.note,
-                )
-            )
-        widths = [max(len(line[k]) for line in cells) for k in range(len(header))]
-        left = {0, 1, 7}  # text columns; numbers align right
-
-        def render(line):
-            parts = [c.ljust(w) if k in left else c.rjust(w) for k, (c, w) in enumerate(zip(line, widths, strict=True))]
-            return "  ".join(parts).rstrip()
-
-        shape = f"{self.out_features}×{self.in_features}"
-        title = f"budget {self.budget:,} params; stack {self.stack}, {shape} ({self.dense_params:,} dense)"
-        rule = "-" * len(render(header))
-        return "\n".join([title, render(header), rule, *(render(line) for line in cells[1:])])
-
-
-def _text(value, ratio: bool = False) -> str:
-    if value is None:
-        return "-"
-    if ratio:
-        return f"{value:,.1f}x"
-    if isinstance(value, tuple):
-        return "(" + ",".join(str(v) for v in value) + ")"
-    return f"{value:,}"
-
-
-def slice_rank(fmt: TensorNetwork) -> int | None:
-    """Upper bound on the rank of every slice ``ΔW_s`` of a built-in format (None for others).
-
-    Tucker-2: ``min(r_out, r_in)``; CP: ``R`` (each slice is ``out·diag(·)·inᵀ``, per head block);
-    tensor-train: the bond between the last input core and the first output core; LoRA and LoRA²: ``r``.
-    Every bound is also capped at ``min(d_out, d_in)``.
-    """
-    if isinstance(fmt, LoRA | OrthogonalProjection | CP):
-        r = fmt.rank
-    elif isinstance(fmt, Tucker2):
-        r = min(fmt.rank)
-    elif isinstance(fmt, TensorTrain):
-        r = fmt.rank[(len(fmt.stack) if fmt.share_stack else 0) + len(fmt.in_modes) - 1]
-    else:
-        return None
-    return min(r, fmt.out_features, fmt.in_features)
-
-
-def compare(
-    budget,
-    stack,
-    out_features,
-    in_features,
-    *,
-    heads=None,
-    in_modes=None,
-    out_modes=None,
-    share_stack=True,
-    inner=None,
-) -> Comparison:
-    r"""Every built-in format at the largest rank that fits ``budget``, side by side.
-
-    Parameters
-    ----------
-    budget : int
-        Parameter budget, a positive integer.
-    stack : tuple of int
-        Sizes of the stacked modes (``()`` for one matrix).
-    out_features, in_features : int
-        Matrix shape ``d_out × d_in``.
-    heads : int, optional
-        Passed to :class:`CP` (LoRTA's head split of the output mode).
-    in_modes, out_modes : tuple of int, optional
-        Passed to :class:`TensorTrain` (default: balanced factorizations).
-    share_stack : bool
-        Passed to :class:`TensorTrain`.
-    inner : int, optional
-        Fixed ``inner`` width of :class:`OrthogonalProjection` (default: equal to its rank).
-
-    Returns
-    -------
-    Comparison
-        One :class:`ComparisonRow` per format, in the order LoRA, Tucker2, CP, TensorTrain,
-        OrthogonalProjection, each from :func:`rank_for_budget`. A format whose rank 1 already exceeds
-        the budget gets a row with a ``note`` and no numbers.
-
-    Raises
-    ------
-    TypeError, ValueError
-        For a bad ``budget``, shape or format argument (named), as :func:`rank_for_budget` raises.
-
-    Notes
-    -----
-    With :math:`P` the format's parameter count, :math:`S = \prod(\text{stack})` and :math:`\rho` its
-    per-slice rank: ``vs_dense`` :math:`= S d_\text{out} d_\text{in} / P` and ``vs_lora``
-    :math:`= S \rho (d_\text{in} + d_\text{out}) / P`, the parameters LoRA needs to reach the same
-    rank on every slice, relative to this format's.
-
-    References
-    ----------
-    Hu et al., "LoRA", arXiv:2106.09685; Bershatsky et al., "LoTR", arXiv:2402.01376; Hounie et al.,
-    "LoRTA", arXiv:2410.04060; Anjum et al., "TT-LoRA", arXiv:2408.01008; Zhang et al., "LoRA²",
-    arXiv:2408.06854.
-
-    Examples
-    --------
-    >>> from tensorpeft import decomp
-    >>> table = decomp.compare(budget=75_000, stack=(24,), out_features=768, in_features=768)
-    >>> [(row.name, row.rank, row.num_params) for row in table.rows[:3]]
-    [('LoRA', 2, 73728), ('Tucker2', (32, 32), 73728), ('CP', 48, 74880)]
-    >>> row = table.rows[1]
-    >>> row.slice_rank, round(row.vs_lora, 2)
-    (32, 16.0)
-    >>> decomp.compare(30_000, (24,), 768, 768).rows[0].note
-    'does not fit: rank 1 needs 36,864 params'
-    """
-    budget = check_budget(budget)
-    stack = check_size_tuple(stack, "stack")
-    out_features = check_size(out_features, "out_features")
-    in_features = check_size(in_features, "in_features")
-    common = {"stack": stack, "out_features": out_features, "in_features": in_features}
-    extra = {
-        CP: {"heads": heads},
-        TensorTrain: {"in_modes": in_modes, "out_modes": out_modes, "share_stack": share_stack},
-        OrthogonalProjection: {"inner": inner},
-    }
-    dense = math.prod(stack) * out_features * in_features
-    rows = []
-    for cls, alias in BUILTIN_FORMATS:
-        try:
-            fmt = rank_for_budget(cls, budget, **common, **extra.get(cls, {}))
-        except BudgetError as err:
-            note = f"does not fit: rank 1 needs {err.smallest.num_params:,} params"
-            rows.append(ComparisonRow(cls.__name__, alias, None, None, None, None, None, note))
-            continue
-        rho = slice_rank(fmt)
-        lora = math.prod(stack) * rho * (in_features + out_features)
-        rows.append(
-            ComparisonRow(
-                cls.__name__,
-                alias,
-                fmt.rank,
-                fmt.num_params,
-                rho,
-                dense / fmt.num_params,
-                lora / fmt.num_params,
-                format=fmt,
-            )
-        )
-    return Comparison(budget, stack, out_features, in_features, tuple(rows))
+BudgetPlan.__module__ = "tensorpeft.decomp"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._network import TensorNetwork
-from ._validate import check_size, check_size_tuple
+from .validate import check_size, check_size_tuple
 
 __all__ = ["StackedFormat"]
 
@@ -28,11 +28,50 @@ class StackedFormat(TensorNetwork):
         return {"stack": self.stack, "out_features": self.out_features, "in_features": self.in_features}
 
     @classmethod
-    def _from_scale(cls, scale: int, **kwargs):
-        """The format of this class with scalar rank ``scale`` (used by ``rank_for_budget``)."""
+    def from_scale(cls, scale: int, **kwargs):
+        """The format of this class at scalar rank ``scale`` (the budget search's build step).
+
+        Parameters
+        ----------
+        scale : int
+            The scalar rank, at least 1.
+        **kwargs
+            The constructor's other arguments (never ``rank``).
+
+        Returns
+        -------
+        StackedFormat
+            ``cls(rank=scale, **kwargs)`` here; formats with several ranks say how ``scale`` spreads.
+        """
         return cls(rank=scale, **kwargs)
 
     @classmethod
-    def _max_scale(cls, **kwargs) -> int | None:
-        """Largest meaningful scalar rank, or None when unbounded."""
+    def max_scale(cls, **kwargs) -> int | None:
+        """The largest meaningful scalar rank for these constructor arguments, or None when unbounded.
+
+        Parameters
+        ----------
+        **kwargs
+            The constructor's other arguments, as :meth:`from_scale` takes them.
+
+        Returns
+        -------
+        int or None
+            Here ``min(out_features, in_features)``.
+        """
         return min(kwargs["out_features"], kwargs["in_features"])
+
+    def init_from_weights(self, dense) -> dict:
+        """:meth:`fit`'s factors of ``dense`` with the format's default settings (a closed-form fit).
+
+        Parameters
+        ----------
+        dense : array of :attr:`shape`
+            The weights to fit (numpy or torch).
+
+        Returns
+        -------
+        dict
+            Factors in ``dense``'s backend and dtype.
+        """
+        return self.fit(dense)[0]

@@ -10,7 +10,7 @@ import numpy as np
 from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
-from ._validate import (
+from .validate import (
     MAX_RANK,
     check_index_letters,
     check_modes,
@@ -19,27 +19,10 @@ from ._validate import (
     check_seed,
     check_size,
     check_tol,
+    prime_factors,
 )
 
 __all__ = ["TensorTrain", "balanced_modes"]
-
-
-def prime_factors(n: int) -> list[int]:
-    """The prime factors of ``n >= 1`` in increasing order, with multiplicity (``[]`` for 1).
-
-    Trial division: the sizes factorized here are feature dimensions, at most ``MAX_SIZE`` (2**31), so at
-    most ~46,000 trial divisors; ``n`` is checked against that bound (a ValueError naming `n`).
-    """
-    n = check_size(n, "n")
-    primes, m, p = [], n, 2
-    while p * p <= m:
-        while m % p == 0:
-            primes.append(p)
-            m //= p
-        p += 1
-    if m > 1:
-        primes.append(m)
-    return primes
 
 
 def balanced_modes(n: int, n_modes: int | None = None) -> tuple[int, ...]:
@@ -192,8 +175,15 @@ class TensorTrain(StackedFormat):
         }
 
     @classmethod
-    def _max_scale(cls, **kwargs):
+    def max_scale(cls, **kwargs):
+        """The largest bond bound: past it, a larger scalar rank changes no bond."""
         return cls(rank=MAX_RANK, **kwargs)._max_rank()
+
+    @property
+    def slice_rank(self) -> int:
+        """The bond between the last input core and the first output core (capped at ``min(d_out, d_in)``)."""
+        offset = len(self.stack) if self.share_stack else 0
+        return min(self.rank[offset + len(self.in_modes) - 1], self.out_features, self.in_features)
 
     def _max_rank(self) -> int:
         return max(self.rank)

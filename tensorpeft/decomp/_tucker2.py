@@ -8,7 +8,7 @@ from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import leading_left_vectors
-from ._validate import MAX_RANK, check_at_most, check_n_iter_max, check_size, check_tol
+from .validate import MAX_RANK, check_at_most, check_n_iter_max, check_size, check_tol, normalize_index
 
 __all__ = ["Tucker2"]
 
@@ -80,8 +80,24 @@ class Tucker2(StackedFormat):
     def _args(self):
         return super()._args() | {"rank": self.rank}
 
+    @property
+    def slice_rank(self) -> int:
+        """``min(r_out, r_in)``: the narrower side of ``A G_s Bᵀ``."""
+        return min(self.rank)
+
+    def lora_factors(self, factors, index=()):
+        """``(A G_s, Bᵀ)`` if ``r_in <= r_out``, else ``(A, G_s Bᵀ)`` (exact), as the generic method."""
+        ops = self.check_factors(factors)
+        index = normalize_index(index, self.stack)
+        A, G, Bt = factors["A"], factors["G"][index], ops.swapaxes(factors["B"], 0, 1)
+        r_out, r_in = self.rank
+        if r_in <= r_out:
+            return A @ G, Bt
+        return A, G @ Bt
+
     @classmethod
-    def _from_scale(cls, scale, rank_out=None, rank_in=None, **kwargs):
+    def from_scale(cls, scale, rank_out=None, rank_in=None, **kwargs):
+        """Rank ``(scale, scale)``, or ``scale`` on the side that ``rank_out``/``rank_in`` leaves free."""
         # `is None`, not `or`: a fixed rank_out=0 must reach the constructor's check, not become `scale`.
         if rank_out is not None and rank_in is not None:
             raise ValueError("`rank_out` and `rank_in` are both fixed: no rank is left to choose; fix at most one.")
@@ -89,7 +105,8 @@ class Tucker2(StackedFormat):
         return cls(rank=rank, **kwargs)
 
     @classmethod
-    def _max_scale(cls, rank_out=None, rank_in=None, **kwargs):
+    def max_scale(cls, rank_out=None, rank_in=None, **kwargs):
+        """The feature size of each side left free (the smaller one when both are)."""
         bounds = [
             kwargs["out_features"] if rank_out is None else None,
             kwargs["in_features"] if rank_in is None else None,

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backend import _is_torch
-from ._validate import check_fraction, check_size_tuple
+from .validate import check_fraction, check_size_tuple
 
 # Parameter counts are summed in int64: the total of all matrices must stay below this.
 _MAX_TOTAL_PARAMS = 2**62

@@ -12,7 +12,7 @@ _HOMES = {
     "format_budget_table": "_budget",
     "CompareSettings": "_compare",
     "MethodRow": "_compare",
-    "format_table": "_compare",
+    "format_table": "_table",
     "run_compare": "_compare",
     "write_outputs": "_compare",
     "DATASETS": "_data",
@@ -26,6 +26,18 @@ _HOMES = {
     "TrainResult": "_train",
     "TrainSettings": "_train",
     "train_and_evaluate": "_train",
+}
+# Names the command line needs, resolved the same way but not in ``__all__``: they are no documented API.
+_CLI_HOMES = {
+    "SHAPES": "_budget",
+    "check_shape": "_budget",
+    "model_from_path": "_budget",
+    "model_from_shape": "_budget",
+    "check_data_sizes": "_compare",
+    "default_model_path": "_compare",
+    "prepare_output_dir": "_compare",
+    "FAMILIES": "_methods",
+    "at_format_max": "_methods",
 }
 
 __all__ = [
@@ -51,8 +63,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    home = _HOMES.get(name) or _CLI_HOMES.get(name)
+    if home is not None:
+        return getattr(importlib.import_module(f".{home}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

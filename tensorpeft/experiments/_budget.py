@@ -6,18 +6,12 @@ torch's ``meta`` device (no memory for the weights: a LLaMA-7B layout costs noth
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._methods import (
-    FAMILIES,
-    MethodSpec,
-    _largest_rank,
-    adapter_params,
-    at_format_max,
-    resolve_budget,
-    resolve_method,
-)
+from .._table import render_table
+from ._methods import FAMILIES, MethodSpec, _largest, adapter_params, resolve_budget, resolve_formats
 
 __all__ = [
     "MAX_LAYERS",
@@ -162,7 +156,9 @@ class BudgetRow:
 def budget_table(model, target_modules, budget_word: str, families=tuple(FAMILIES)) -> tuple[int, list[BudgetRow]]:
     """Each family's largest rank within the budget on ``model``'s ``target_modules``.
 
-    ``vs_lora`` is how many times fewer parameters than LoRA at the same per-layer rank.
+    ``vs_lora`` is how many times fewer parameters than LoRA at the same per-layer rank: LoRA at every
+    stack's :attr:`~tensorpeft.decomp.TensorNetwork.slice_rank` (the format's bound on the rank of each
+    of its layers). Each family plans the model once; every count after that uses the formats alone.
     """
     budget = resolve_budget(budget_word, model, target_modules)
     rows = []
@@ -174,34 +170,43 @@ def budget_table(model, target_modules, budget_word: str, families=tuple(FAMILIE
             spec = MethodSpec(family, None)
         try:
             if spec.budget is None:
-                config, params = _lora_within(model, target_modules, budget)
+                config, formats, at_max = _lora_within(model, target_modules, budget)
             else:
-                config, params, _ = resolve_method(spec, model, target_modules)
+                config, formats, _, at_max = resolve_formats(spec, model, target_modules)
         except ValueError as exc:
             rows.append(BudgetRow(family, FAMILIES[family][1], "-", 0, None, str(exc)))
             continue
-        slice_rank = config.rank if isinstance(config.rank, int) else max(config.rank)
-        from ..nn import LoRAConfig
-
-        try:
-            lora_same = adapter_params(model, LoRAConfig(rank=slice_rank, target_modules=target_modules))
-        except ValueError:
-            lora_same = None
-        vs = lora_same / params if lora_same else None
-        note = "the format's maximum on these modules" if params < budget and at_format_max(model, config) else ""
+        params = sum(f.num_params for f in formats)
+        vs = _lora_params_at_slice_rank(formats) / params if params else None
+        note = "the format's maximum on these modules" if params < budget and at_max else ""
         rows.append(BudgetRow(family, FAMILIES[family][1], config.rank, params, vs, note))
     return budget, rows
+
+
+def _lora_params_at_slice_rank(formats) -> int:
+    r"""Parameters of LoRA with every layer of every stack at its format's slice rank.
+
+    Parameters
+    ----------
+    formats : iterable of tensorpeft.decomp.TensorNetwork
+        The formats of a model's stacks.
+
+    Returns
+    -------
+    int
+        :math:`\sum \prod(\text{stack})\, \rho\, (d_\text{in} + d_\text{out})` over the stacks.
+    """
+    return sum(math.prod(f.stack) * f.slice_rank * (f.in_features + f.out_features) for f in formats)
 
 
 def _lora_within(model, target_modules, budget):
     from ..nn import LoRAConfig
 
-    found = _largest_rank(model, lambda r: LoRAConfig(rank=r, target_modules=target_modules), budget)
+    found = _largest(model, LoRAConfig(rank=1, target_modules=target_modules), budget)
     if found is None:
         one = adapter_params(model, LoRAConfig(rank=1, target_modules=target_modules))
         raise ValueError(f"budget {budget} is below LoRA rank 1 ({one} parameters).")
-    cfg, params, _ = found
-    return cfg, params
+    return found
 
 
 def format_budget_table(budget: int, rows: list[BudgetRow]) -> str:
@@ -211,7 +216,4 @@ def format_budget_table(budget: int, rows: list[BudgetRow]) -> str:
         (r.name, str(r.rank), f"{r.params:,}" if r.params else "-", f"{r.vs_lora:.1f}" if r.vs_lora else "-", r.note)
         for r in rows
     ]
-    widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [f"budget: {budget:,} parameters", fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
-    return "\n".join([*out, *(fmt.format(*line).rstrip() for line in lines)])
+    return render_table(f"budget: {budget:,} parameters", header, lines, left=(0, 4))

@@ -1,14 +1,16 @@
 """The main job: fine-tune one pretrained encoder with every method and compare them.
 
-Each (method, seed) run happens in a fresh spawned process, so that its peak resident memory is its
-own and no torch state leaks between methods. Results go to ``results.json`` and a plot
-``accuracy_vs_params.png`` in the output directory.
+Each (method, seed) run happens in a fresh spawned process (:mod:`._worker`), so that its peak resident
+memory is its own and no torch state leaks between methods. This module checks the settings, runs the
+pool, aggregates the seeds of each method into a :class:`MethodRow` and writes ``results.json`` and a plot
+``accuracy_vs_params.png`` in the output directory; the text table is :mod:`._table`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import multiprocessing
@@ -21,15 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._safe_io import write_file_atomic
 from ._methods import FAMILIES, MethodSpec
 from ._train import TrainSettings
+from ._worker import _encode, _exit_with_parent, _load_model, _worker
 
 __all__ = [
     "CompareSettings",
     "MethodRow",
     "check_data_sizes",
     "default_model_path",
-    "format_table",
     "prepare_output_dir",
     "run_compare",
     "write_outputs",
@@ -105,93 +108,6 @@ class MethodRow:
     def accuracy_std(self) -> float:
         """Standard deviation over seeds (0 for one seed)."""
         return float(np.std(self.accuracy, ddof=1)) if len(self.accuracy) > 1 else 0.0
-
-
-def _ranks_text(config) -> str:
-    if config is None:
-        return "-"
-    rank = config.rank
-    text = f"r={rank}"
-    inner = getattr(config, "inner", None)
-    if inner:
-        text += f", k={inner}"
-    return text
-
-
-def _load_model(model_path):
-    import transformers
-    from transformers import AutoModel, AutoTokenizer
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    return AutoModel.from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path)
-
-
-def _encode(tokenizer, texts, max_length):
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Pool initializer: end this worker when the parent process is gone.
-
-    A worker of a ``multiprocessing`` pool outlives a parent killed by a signal (Ctrl-C twice, a CI
-    timeout): it would train on, unseen, for minutes. A daemon thread polls the parent id once a
-    second and exits the process when it changes (the worker was re-parented).
-    """
-    import threading
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _worker(payload: dict) -> dict:
-    """Run one (method, seed) in a fresh process; returns a JSON-safe dict."""
-    import torch
-
-    from .. import nn as tpnn
-    from ._methods import resolve_method
-    from ._train import SentenceClassifier, train_and_evaluate
-
-    torch.set_num_threads(payload["threads"])
-    spec: MethodSpec = payload["spec"]
-    settings: TrainSettings = payload["train"]
-    encoder, tokenizer = _load_model(payload["model_path"])
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    config, params, budget = resolve_method(spec, encoder, list(payload["target_modules"]), seed=settings.seed)
-    torch.manual_seed(settings.seed)
-    if config is not None:
-        encoder = tpnn.get_peft_model(encoder, config)
-    model = SentenceClassifier(encoder, encoder.config.hidden_size, payload["num_labels"])
-    progress = None
-    if payload["progress"]:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(
-            total=settings.steps, desc=f"{spec.label} (seed {settings.seed})", leave=True, dynamic_ncols=True
-        )
-    try:
-        result = train_and_evaluate(
-            model,
-            payload["train_encoded"],
-            payload["train_labels"],
-            payload["test_encoded"],
-            payload["test_labels"],
-            settings,
-            pad_id=tokenizer.pad_token_id,
-            adapter_params=params,
-            progress=progress,
-        )
-    finally:
-        if progress is not None:
-            progress.close()
-    out = dataclasses.asdict(result)
-    out.update(ranks=_ranks_text(config), budget=budget, config=None if config is None else config.to_dict())
-    return out
 
 
 def check_data_sizes(settings: CompareSettings) -> None:
@@ -337,31 +253,7 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
     return rows
 
 
-def format_table(rows: list[MethodRow], evaluated_on: str = "test") -> str:
-    """Aligned plain-text table of the rows (``evaluated_on`` names the accuracy column's data)."""
-    header = ("method", "ranks", "adapter params", "trainable", f"{evaluated_on} accuracy", "s/step", "peak MB")
-    lines = []
-    for r in rows:
-        acc = f"{100 * r.accuracy_mean:.1f}" + (f" ± {100 * r.accuracy_std:.1f}" if len(r.accuracy) > 1 else "")
-        lines.append(
-            (
-                r.method,
-                r.ranks,
-                f"{r.adapter_params:,}",
-                f"{r.trainable_params:,}",
-                acc,
-                f"{r.seconds_per_step:.3f}",
-                f"{r.peak_memory_mb:.0f}",
-            )
-        )
-    widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" if k < 2 else f"{{:>{w}}}" for k, w in enumerate(widths))
-    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line) for line in lines]
-    return "\n".join(out)
-
-
-def _plot(rows: list[MethodRow], path: Path) -> None:
+def _plot(rows: list[MethodRow], path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -405,7 +297,8 @@ def _plot(rows: list[MethodRow], path: Path) -> None:
 def write_outputs(rows: list[MethodRow], settings: CompareSettings, out_dir: Path) -> dict[str, Path]:
     """Write ``results.json`` and ``accuracy_vs_params.png`` atomically; return their paths.
 
-    Both are written to temporary files first and replace the old ones only when both are complete.
+    Both are rendered in memory first; each then replaces the old file atomically
+    (:func:`tensorpeft._safe_io.write_file_atomic`), so a failed plot replaces nothing.
 
     Raises
     ------
@@ -437,17 +330,17 @@ def write_outputs(rows: list[MethodRow], settings: CompareSettings, out_dir: Pat
         ],
     }
     paths = {"json": out_dir / "results.json", "plot": out_dir / "accuracy_vs_params.png"}
-    tmp = {key: path.with_name(path.name + ".tmp") for key, path in paths.items()}
-    try:
-        tmp["json"].write_text(json.dumps(record, indent=2, default=_json_default))
-        _plot(rows, tmp["plot"])
-        for key, path in paths.items():
-            os.replace(tmp[key], path)
-    finally:
-        for path in tmp.values():
-            with contextlib.suppress(OSError):
-                path.unlink()
+    contents = {"json": json.dumps(record, indent=2, default=_json_default).encode(), "plot": _png(rows)}
+    for key, path in paths.items():  # both are complete before either is replaced
+        write_file_atomic(path, contents[key])
     return paths
+
+
+def _png(rows: list[MethodRow]) -> bytes:
+    """The bytes of :func:`_plot`'s figure, rendered without touching the output directory."""
+    buffer = io.BytesIO()
+    _plot(rows, buffer)
+    return buffer.getvalue()
 
 
 def _json_default(value):

@@ -8,13 +8,13 @@ A spec names a family and where its size comes from:
   B is ``rN`` (the parameter count of LoRA rank N on the same target modules), ``tiny`` (a quarter of
   LoRA r=1's count, below anything LoRA can do) or a plain integer.
 
-Ranks are found with the model's real stacks (:func:`tensorpeft.nn.plan_stacks`), never over budget.
+Ranks are found with the model's real stacks (:func:`tensorpeft.nn.plan_stacks`, planned once), never over
+budget, by one :func:`tensorpeft.decomp.rank_for_budget` over all of them (one scale, the counts summed).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ __all__ = [
     "at_format_max",
     "parse_methods",
     "resolve_budget",
+    "resolve_formats",
     "resolve_method",
 ]
 
@@ -106,7 +107,7 @@ def parse_methods(specs, budgets=None) -> list[MethodSpec]:
 
 def adapter_params(model: nn.Module, config) -> int:
     """Adapter parameters ``config`` would add to ``model`` (shared factors counted once)."""
-    from ..nn._grouping import plan_stacks
+    from ..nn import plan_stacks
 
     return sum(fmt.num_params for _, fmt in plan_stacks(model, config))
 
@@ -124,87 +125,73 @@ def resolve_budget(word: str, model: nn.Module, target_modules) -> int:
     return adapter_params(model, LoRAConfig(rank=rank, target_modules=target_modules))
 
 
-def _check_lora_rank(rank: int, model: nn.Module, target_modules, what: str) -> None:
-    """Raise a ValueError naming ``what`` if LoRA of ``rank`` does not fit the target modules."""
+def _check_lora_rank(rank: int, model: nn.Module, target_modules, what: str) -> int:
+    """The largest LoRA rank on the target modules; a ValueError naming ``what`` if ``rank`` is above it."""
     from ..nn import LoRAConfig
 
-    found = _largest_rank(model, lambda r: LoRAConfig(rank=r, target_modules=target_modules), math.inf)
-    if found is None:  # even rank 1 is refused: let LoRAConfig say why
-        adapter_params(model, LoRAConfig(rank=1, target_modules=target_modules))
-    elif rank > found[0].rank:
+    largest, _, _ = _largest(model, LoRAConfig(rank=1, target_modules=target_modules), _UNBOUNDED)
+    if rank > largest.rank:
         raise ValueError(
-            f"{what} asks for LoRA rank {rank}, but the largest LoRA rank on these modules is {found[0].rank}."
+            f"{what} asks for LoRA rank {rank}, but the largest LoRA rank on these modules is {largest.rank}."
         )
+    return largest.rank
 
 
-# More doublings than any rank a format accepts: the search ends even if a format never stops growing.
-_MAX_DOUBLINGS = 128
+# A budget above any adapter: the search then stops at the format's own bound.
+_UNBOUNDED = 2**63 - 1
 
 
-def _count(model, make):
-    """Memoized ``rank -> adapter parameters``; None past a layer dimension (or any rank the format refuses)."""
-    cache: dict[int, int | None] = {}
+def _stacks_of(model: nn.Module, config) -> tuple[type, list[dict]]:
+    """The format class of ``config`` and its stacks on ``model`` as constructor arguments without ``rank``.
 
-    def params(rank: int) -> int | None:
-        if rank not in cache:
-            try:
-                cache[rank] = adapter_params(model, make(rank))
-            except ValueError:
-                cache[rank] = None
-        return cache[rank]
-
-    return params
-
-
-def _last_true(pred, lo: int, hi: int) -> int:
-    """The largest ``r`` in ``[lo, hi)`` with ``pred(r)``, given ``pred(lo)`` and a monotone ``pred``."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if pred(mid) else (lo, mid)
-    return lo
-
-
-def _largest_rank(model, make, budget: float) -> tuple[object, int, bool] | None:
-    """The config with the largest scalar rank whose adapter fits ``budget``, and whether it is the format's maximum.
-
-    An exponential then binary search over the rank, bounded: it stops at a rank the format refuses
-    (past a layer dimension), at one over budget, or where the count stops growing (a tensor train caps
-    its bond ranks, so its count reaches a maximum). At the maximum, the smallest rank reaching it is
-    returned. Returns ``(config, params, at_max)``, or None if rank 1 is over budget.
+    The model is planned once (:func:`tensorpeft.nn.plan_stacks`, which raises its ValueError when
+    ``config`` does not fit a stack); every count after this uses the formats alone.
     """
-    params = _count(model, make)
-    first = params(1)
-    if first is None or first > budget:
+    from ..nn import plan_stacks
+
+    plans = plan_stacks(model, config)
+    stacks = []
+    for plan, _ in plans:
+        kwargs = config.format_kwargs(plan.out_features, plan.in_features, plan.heads)
+        kwargs.pop("rank", None)
+        shape = {"stack": plan.stack, "out_features": plan.out_features, "in_features": plan.in_features}
+        stacks.append(shape | kwargs)
+    return type(plans[0][1]), stacks
+
+
+def _largest(model: nn.Module, config, budget: int):
+    """``config`` at the largest shared scalar rank whose adapter fits ``budget``: ``(config, formats, at_max)``.
+
+    One :func:`tensorpeft.decomp.rank_for_budget` over the model's stacks (planned once at ``config``'s
+    rank). At the formats' maximum (one more rank adds nothing or is refused by a stack) the smallest rank
+    reaching it is returned. Returns None when rank 1 is over budget.
+    """
+    from .. import decomp
+    from ..decomp.validate import MAX_SIZE
+
+    cls, stacks = _stacks_of(model, config)
+    try:
+        plan = decomp.rank_for_budget(cls, budget, stacks=stacks)
+    except decomp.BudgetError:
         return None
-    lo, hi = 1, 2
-    for _ in range(_MAX_DOUBLINGS):
-        p = params(hi)
-        if p is None or p > budget or p == params(lo):
-            break
-        lo, hi = hi, hi * 2
-    if params(hi) is None or params(hi) > budget:
-
-        def fits(rank):
-            p = params(rank)
-            return p is not None and p <= budget
-
-        lo = _last_true(fits, lo, hi)
-    top = params(lo)
-    nxt = params(lo + 1)
-    at_max = nxt is None or nxt == top
-    if at_max and params(1) < top:
-        # the smallest rank with the same count: one past the last rank whose count is still below it
-        lo = _last_true(lambda r: params(r) < top, 1, lo) + 1
-    elif at_max:
-        lo = 1
-    return make(lo), params(lo), at_max
+    if plan.scale > MAX_SIZE:  # a config's rank stops at MAX_SIZE (2**31), an unbounded format's (CP) does not
+        top = sum(cls.from_scale(MAX_SIZE, **kwargs).num_params for kwargs in stacks)
+        plan = dataclasses.replace(decomp.rank_for_budget(cls, top, stacks=stacks), at_max=True)
+    return dataclasses.replace(config, rank=plan.scale), plan.formats, plan.at_max
 
 
 def at_format_max(model: nn.Module, config) -> bool:
     """Whether ``config``'s adapter on ``model`` is its format's largest (one more rank adds nothing or is refused)."""
-    params = _count(model, lambda r: dataclasses.replace(config, rank=r))
-    nxt = params(config.rank + 1)
-    return nxt is None or nxt == params(config.rank)
+    from ..decomp.validate import MAX_SIZE
+
+    if config.rank >= MAX_SIZE:  # a config takes no larger rank
+        return True
+    cls, stacks = _stacks_of(model, config)
+    try:
+        bigger = sum(cls.from_scale(config.rank + 1, **kwargs).num_params for kwargs in stacks)
+    except ValueError:
+        return True
+    return bigger == sum(cls.from_scale(config.rank, **kwargs).num_params for kwargs in stacks)
 
 
 def resolve_method(spec: MethodSpec, model: nn.Module, target_modules, **config_kwargs):
@@ -217,24 +204,41 @@ def resolve_method(spec: MethodSpec, model: nn.Module, target_modules, **config_
     ValueError
         If the budget is below the family's smallest adapter on this model.
     """
+    config, formats, budget, _ = resolve_formats(spec, model, target_modules, **config_kwargs)
+    return config, sum(f.num_params for f in formats), budget
+
+
+def resolve_formats(spec: MethodSpec, model: nn.Module, target_modules, **config_kwargs):
+    """:func:`resolve_method` with the formats of the stacks: ``(config, formats, budget, at_max)``.
+
+    ``formats`` holds one :mod:`tensorpeft.decomp` format per stack (empty for ``head``); ``at_max``
+    says whether the config is its format's largest on these modules (one more rank adds nothing or is
+    refused).
+
+    Raises
+    ------
+    ValueError
+        If the budget is below the family's smallest adapter on this model.
+    """
     from .. import nn as tpnn
+    from ..nn import plan_stacks
 
     if spec.family == "head":
-        return None, 0, 0
+        return None, (), 0, False
     cls = getattr(tpnn, FAMILIES[spec.family][0])
     if spec.family == "lora":
         rank = int(spec.budget[1:])
-        _check_lora_rank(rank, model, target_modules, f"method {spec.label!r}")
+        largest = _check_lora_rank(rank, model, target_modules, f"method {spec.label!r}")
         cfg = cls(rank=rank, alpha=2.0 * rank, target_modules=target_modules, **config_kwargs)
-        return cfg, adapter_params(model, cfg), None
+        return cfg, tuple(f for _, f in plan_stacks(model, cfg)), None, rank == largest
     budget = resolve_budget(spec.budget, model, target_modules)
     base = cls(rank=1, target_modules=target_modules, **config_kwargs)
-    found = _largest_rank(model, lambda r: dataclasses.replace(base, rank=r), budget)
+    found = _largest(model, base, budget)
     if found is None:
         smallest = adapter_params(model, base)
         raise ValueError(
             f"budget {spec.budget!r} = {budget} parameters is below the smallest {FAMILIES[spec.family][1]} "
             f"adapter on these modules ({smallest} parameters at rank 1)."
         )
-    cfg, params, _ = found
-    return cfg, params, budget
+    cfg, formats, at_max = found
+    return cfg, formats, budget, at_max

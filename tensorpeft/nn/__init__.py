@@ -5,10 +5,13 @@ which format; matched layers are grouped into stacks that share factors; each st
 :class:`AdapterStack` owning the factor parameters; each adapted layer becomes an
 :class:`AdapterLinear` that adds its slice of the stack's update, applied factored.
 
-Files, one concern each: ``_config`` (configs), ``_targets`` (matching), ``_grouping`` (stacks and
-their plans), ``_init`` (zero / SVD initialization), ``_kernels`` (factored forward per format),
-``_stack``, ``_layer``, ``_model`` (the wrapper), ``_serialization`` (save/load), ``_export``
-(PEFT LoRA export), ``_pruning`` (LoRA²'s rank pruner), ``_compress`` (WeLore compression).
+Files, one concern each: ``_config`` (configs), ``_selector`` (the ``target_modules`` /
+``exclude_modules`` arguments), ``_factories`` (a custom config's factory: saved name, import, trust),
+``_linear`` (plain linear layers: which adapt, shape, weight), ``_targets`` (matching), ``_grouping``
+(stacks and their plans), ``_init`` (zero / SVD initialization), ``_kernels`` (factored forward per
+format), ``_stack``, ``_layer``, ``_model`` (the wrapper), ``_serialization`` (save/load, on the
+root's ``_safe_io``: bounded reads, atomic writes), ``_export`` (PEFT LoRA export), ``_pruning`` (LoRA²'s rank pruner),
+``_compress`` (WeLore compression).
 """
 
 from ._compress import LowRankLinear, compress_low_rank
@@ -26,7 +29,7 @@ from ._config import (
     Tucker2Config,
 )
 from ._export import ExportReport, export_lora
-from ._grouping import StackPlan
+from ._grouping import StackPlan, plan_stacks
 from ._layer import AdapterLinear
 from ._model import TensorPeftModel, get_peft_model
 from ._pruning import RankPruner
@@ -56,5 +59,6 @@ __all__ = [
     "export_lora",
     "get_peft_model",
     "load_adapter",
+    "plan_stacks",
     "save_adapter",
 ]

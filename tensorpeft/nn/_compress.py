@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F  # noqa: N812 - the universal torch alias
 from torch import nn
 
 from .. import decomp
-from ..decomp._validate import check_fraction
-from ._config import _module_selector
-from ._targets import dense_weight, find_targets, linear_shape, parent_module
+from ..decomp.validate import check_fraction
+from ._grouping import check_not_adapted
+from ._linear import dense_weight, linear_shape, parent_module
+from ._selector import ModuleSelector
+from ._targets import find_targets
 
 __all__ = ["LowRankLinear", "compress_low_rank"]
 
@@ -204,12 +204,8 @@ def compress_low_rank(
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     check_fraction(reduction, "reduction")
     check_fraction(min_ratio, "min_ratio")
-    selector = types.SimpleNamespace(
-        target_modules=_module_selector(target_modules, "target_modules", allow_all_linear=True),
-        exclude_modules=None
-        if exclude_modules is None
-        else _module_selector(exclude_modules, "exclude_modules", allow_all_linear=False),
-    )
+    selector = ModuleSelector.of(target_modules, exclude_modules)
+    check_not_adapted(model)
     targets = find_targets(model, selector)
 
     names_of: dict[int, list[str]] = {}

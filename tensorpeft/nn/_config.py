@@ -8,17 +8,17 @@ layers, into a format object via :meth:`AdapterConfig.build_format`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import numbers
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import decomp
-from ..decomp._validate import check_at_most, check_positive_int
+from ..decomp.validate import check_at_most, check_fraction, check_positive_int, check_seed
+from ._factories import PUBLIC_FORMATS, builtin_factory, check_trusted, factory_path, resolve_factory, trusted_factories
+from ._selector import module_selector
 
 __all__ = [
     "AdapterConfig",
@@ -36,11 +36,9 @@ __all__ = [
 
 STACK_BY = ("name", "shape", "module")
 INITS = ("zero", "svd")
-ALL_LINEAR = "all-linear"
 # Bounds of the numeric fields, see the AdapterConfig docstring.
 MAX_SIZE = 2**31
 MAX_ALPHA = 1e6
-MAX_SEED = 2**63 - 1
 
 
 def _size(value, name: str) -> int:
@@ -70,31 +68,6 @@ def _int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
     return tuple(_size(v, f"{name}[{k}]") for k, v in enumerate(value))
 
 
-def _module_selector(value, name: str, allow_all_linear: bool):
-    """Normalize a target/exclude selector: a tuple of suffixes or a full-match regex string."""
-    if isinstance(value, str):
-        if allow_all_linear and value == ALL_LINEAR:
-            return value
-        if not value:
-            raise ValueError(f"`{name}` must be a non-empty regex string or a list of module names, got ''.")
-        try:
-            re.compile(value)
-        except (re.error, RecursionError, OverflowError) as exc:
-            raise ValueError(f"`{name}`={value!r} is not a valid regular expression: {exc}.") from None
-        return value
-    if isinstance(value, bytes) or not isinstance(value, Sequence | set | frozenset):
-        raise TypeError(
-            f"`{name}` must be a list of module-name suffixes or a regex string, got {type(value).__name__}."
-        )
-    items = list(value)
-    if not items:
-        raise ValueError(f"`{name}` must name at least one module, got an empty list.")
-    for k, item in enumerate(items):
-        if not isinstance(item, str) or not item:
-            raise TypeError(f"`{name}[{k}]` must be a non-empty string, got {item!r}.")
-    return tuple(sorted(items) if isinstance(value, set | frozenset) else items)
-
-
 def _alpha(value) -> float:
     """A finite real with ``|alpha| <= MAX_ALPHA``, as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -106,24 +79,6 @@ def _alpha(value) -> float:
             "by unmerge_adapter() no longer gives the pretrained weights back."
         )
     return value
-
-
-def _dropout(value) -> float:
-    """A real in ``[0, 1)``, as a float (NaN is refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`dropout` must be a float in [0, 1), got {value!r} ({type(value).__name__}).")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1), got {value!r}.")
-    return float(value)
-
-
-def _seed(value) -> int:
-    """An int in ``[0, MAX_SEED]`` (torch generators take 64-bit seeds)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`seed` must be a non-negative integer, got {value!r} ({type(value).__name__}).")
-    if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"`seed` must be an integer in [0, 2**63 - 1], got {value!r}.")
-    return int(value)
 
 
 @dataclass(kw_only=True)
@@ -191,14 +146,14 @@ class AdapterConfig:
     def __post_init__(self):
         if type(self) is AdapterConfig:
             raise TypeError("AdapterConfig is abstract; use LoRAConfig, Tucker2Config, CPConfig, ... instead.")
-        self.target_modules = _module_selector(self.target_modules, "target_modules", allow_all_linear=True)
+        self.target_modules = module_selector(self.target_modules, "target_modules", allow_all_linear=True)
         if self.exclude_modules is not None:
-            self.exclude_modules = _module_selector(self.exclude_modules, "exclude_modules", allow_all_linear=False)
+            self.exclude_modules = module_selector(self.exclude_modules, "exclude_modules", allow_all_linear=False)
         self.alpha = _alpha(self.alpha)
-        self.dropout = _dropout(self.dropout)
+        self.dropout = check_fraction(self.dropout, "dropout")
         self.stack_by = _choice(self.stack_by, STACK_BY, "stack_by")
         self.init = _choice(self.init, INITS, "init")
-        self.seed = _seed(self.seed)
+        self.seed = check_seed(self.seed)
         self._check_format_fields()
 
     # ------------------------------------------------------------------ per format
@@ -265,7 +220,7 @@ class AdapterConfig:
             If ``"format"`` is missing or unknown, a field is unknown or invalid, or a custom factory is
             not trusted.
         """
-        trusted = _trusted_factories(trust_custom_factories)
+        trusted = trusted_factories(trust_custom_factories)
         if not isinstance(data, dict):
             raise TypeError(f"`data` must be a dict, got {type(data).__name__}.")
         data = dict(data)
@@ -281,7 +236,7 @@ class AdapterConfig:
                 f"`data` has unknown field(s) {unknown} for {cls.__name__}; expected some of {sorted(known)}."
             )
         if cls is CustomConfig:
-            _check_trusted(data.get("factory"), trusted)
+            check_trusted(data.get("factory"), trusted)
         return cls(**data)
 
     @staticmethod
@@ -517,93 +472,6 @@ class OrthogonalConfig(AdapterConfig):
         return {"rank": self.rank, "inner": self.inner}
 
 
-_PUBLIC_FORMATS = "tensorpeft.decomp"
-
-
-def _builtin_factory(path: str):
-    """The built-in format class a factory string names, found without importing anything; else None.
-
-    ``"tensorpeft.decomp:LoRA"`` (the public name written since) and the private module paths older files
-    hold (``"tensorpeft.decomp._lora:LoRA"``) name a public :mod:`tensorpeft.decomp` format; they are looked
-    up there by name, never imported from the path.
-    """
-    module, _, qualname = path.partition(":")
-    if module != _PUBLIC_FORMATS and not module.startswith(f"{_PUBLIC_FORMATS}."):
-        return None
-    obj = getattr(decomp, qualname, None) if qualname in decomp.__all__ else None
-    if isinstance(obj, type) and issubclass(obj, decomp.TensorNetwork) and obj is not decomp.TensorNetwork:
-        return obj
-    return None
-
-
-def _factory_path(factory) -> str:
-    if isinstance(factory, type) and _builtin_factory(f"{_PUBLIC_FORMATS}:{factory.__name__}") is factory:
-        return f"{_PUBLIC_FORMATS}:{factory.__name__}"  # the public name, never a private module path
-    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
-    if not module or "<" in qualname:
-        raise ValueError(
-            f"`factory` must be an importable module-level function so the config can be saved, got {factory!r}."
-        )
-    return f"{module}:{qualname}"
-
-
-def _trusted_factories(value, name: str = "trust_custom_factories") -> bool | frozenset:
-    """Normalize the loading opt-in: ``True``/``False``, or an allow-list of factories (callables or paths)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
-        raise TypeError(
-            f"`{name}` must be a bool or a list of factories (functions or 'module:qualname' strings), "
-            f"got {value!r} ({type(value).__name__})."
-        )
-    allowed = set()
-    for k, item in enumerate(value):
-        if isinstance(item, str):
-            module, _, qualname = item.partition(":")
-            if not module or not qualname:
-                raise ValueError(f"`{name}[{k}]` must be a 'module:qualname' string, got {item!r}.")
-            allowed.add(item)
-        elif callable(item):
-            try:
-                allowed.add(_factory_path(item))
-            except ValueError:
-                raise ValueError(f"`{name}[{k}]` must be a module-level function, got {item!r}.") from None
-        else:
-            raise TypeError(f"`{name}[{k}]` must be a function or a 'module:qualname' string, got {item!r}.")
-    return frozenset(allowed)
-
-
-def _check_trusted(path, trusted: bool | frozenset) -> None:
-    """Refuse a factory read from a file unless it is built in or the caller opted in."""
-    if not isinstance(path, str) or _builtin_factory(path) is not None or trusted is True:
-        return  # not a string: the constructor raises the TypeError
-    if trusted and path in trusted:
-        return
-    raise ValueError(
-        f"`factory`={path!r} of this CustomConfig names code to import and run, and the config comes from "
-        "untrusted data; nothing was imported. If you trust its source, pass `trust_custom_factories=True`, "
-        f"or allow this factory only with `trust_custom_factories=[{path!r}]` (or the function itself)."
-    )
-
-
-def _resolve_factory(path: str) -> Callable:
-    module, _, qualname = path.partition(":")
-    if not module or not qualname:
-        raise ValueError(f"`factory` must be a callable or a 'module:qualname' string, got {path!r}.")
-    builtin = _builtin_factory(path)
-    if builtin is not None:
-        return builtin
-    try:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"`factory`={path!r} cannot be imported: {exc}.") from None
-    if not callable(obj):
-        raise TypeError(f"`factory`={path!r} is not callable.")
-    return obj
-
-
 _MAX_RANK_DEPTH = 16
 
 
@@ -687,14 +555,14 @@ class CustomConfig(AdapterConfig):
         if self.factory is None:
             raise TypeError("`factory` is required: a function (stack, out_features, in_features, rank) -> format.")
         if isinstance(self.factory, str):
-            builtin = _builtin_factory(self.factory)
+            builtin = builtin_factory(self.factory)
             if builtin is not None:
-                self.factory = f"{_PUBLIC_FORMATS}:{builtin.__name__}"  # old files name a private module
+                self.factory = f"{PUBLIC_FORMATS}:{builtin.__name__}"  # old files name a private module
             else:
-                _resolve_factory(self.factory)
+                resolve_factory(self.factory)
         elif callable(self.factory):
-            path = _factory_path(self.factory)
-            if _resolve_factory(path) is not self.factory:
+            path = factory_path(self.factory)
+            if resolve_factory(path) is not self.factory:
                 raise ValueError(f"`factory` {self.factory!r} is not reachable at {path!r}; define it at module level.")
             self.factory = path
         else:
@@ -708,7 +576,7 @@ class CustomConfig(AdapterConfig):
 
     def build_format(self, stack, out_features, in_features, heads=None):
         """Call the factory and check that the format it returns has the stack's shape."""
-        fmt = _resolve_factory(self.factory)(tuple(stack), out_features, in_features, self.rank)
+        fmt = resolve_factory(self.factory)(tuple(stack), out_features, in_features, self.rank)
         if not isinstance(fmt, decomp.TensorNetwork):
             raise TypeError(f"`factory` {self.factory!r} must return a decomp.TensorNetwork, got {type(fmt).__name__}.")
         expected = (*tuple(stack), out_features, in_features)

@@ -1,7 +1,7 @@
 """export_lora: any tensorpeft adapter as a standard PEFT LoRA adapter directory.
 
-Every slice of LoRA, Tucker-2, CP and LoRA² has rank at most its format's rank, so it is exactly a
-LoRA product ``B A``: Tucker-2 ``(A G_s)(Bᵀ)`` (or ``(A)(G_s Bᵀ)`` when ``r_out < r_in``), CP
+Every slice is a LoRA product ``B A`` given by its format (``format.lora_factors``, see
+``docs/guide/protocol.rst``): Tucker-2 ``(A G_s)(Bᵀ)`` (or ``(A)(G_s Bᵀ)`` when ``r_out < r_in``), CP
 ``(out ⊙ heads ⊙ c_s)(inᵀ)``, LoRA² ``(U1 U2 diag λ)(V2 V1)``. A tensor train ordered input modes then
 output modes has slice rank at most the bond between the two halves, so it is exported exactly at that
 rank from the SVD of the slice. ``rank=k`` truncates every slice to its best rank-``k`` approximation
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from .. import decomp
 from ._serialization import CONFIG_NAME, WEIGHTS_NAME, check_directory_path, write_atomic
 
 __all__ = ["ExportReport", "export_lora", "lora_factors"]
@@ -63,43 +62,16 @@ class ExportReport:
         return max(self.errors.values(), default=0.0)
 
 
-def _tt_slice_rank(fmt) -> int:
-    offset = len(fmt.stack) if fmt.share_stack else 0
-    return fmt.rank[offset + len(fmt.in_modes) - 1]
-
-
-def _dense_slice(stack, f, index) -> torch.Tensor:
-    fmt = stack.format
-    eye = torch.eye(fmt.in_features, dtype=torch.float64, device=next(iter(f.values())).device)
-    return fmt.apply(f, eye, index).T * stack.scaling
-
-
 def lora_factors(stack, index: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B (out, R), A (R, in))`` in float64 with ``B A = scaling · ΔW[index]`` (exact for all formats).
+    """``(B (out, R), A (R, in))`` in float64 with ``B A = scaling · ΔW[index]``.
 
-    ``R`` is the format's bound on the slice rank; for custom networks ``min(out, in)``.
+    The format's own :meth:`~tensorpeft.decomp.TensorNetwork.lora_factors` (exact closed forms for LoRA,
+    Tucker-2, CP and LoRA²; the SVD of the slice at :attr:`~tensorpeft.decomp.TensorNetwork.slice_rank`
+    for tensor trains and custom networks), on float64 copies, with the scaling folded into ``B``.
     """
-    fmt, s = stack.format, stack.scaling
     f = {n: p.detach().to(torch.float64) for n, p in stack.factors().items()}
-    kind = type(fmt)
-    if kind is decomp.LoRA:
-        return f["B"][index] * s, f["A"][index]
-    if kind is decomp.Tucker2:
-        r_out, r_in = fmt.rank
-        if r_in <= r_out:
-            return f["A"] @ f["G"][index] * s, f["B"].T
-        return f["A"] * s, f["G"][index] @ f["B"].T
-    if kind is decomp.CP:
-        c = torch.full((fmt.rank,), s, dtype=torch.float64, device=f["in"].device)
-        for k, i in enumerate(index):
-            c = c * f[f"stack{k}"][i]
-        out = f["out"] if fmt.heads is None else (f["heads"][:, None, :] * f["out"][None]).reshape(fmt.out_features, -1)
-        return out * c, f["in"].T
-    if kind is decomp.OrthogonalProjection:
-        return f["U1"][index] @ f["U2"][index] * (f["lambda"][index] * s), f["V2"][index] @ f["V1"][index]
-    rank = _tt_slice_rank(fmt) if kind is decomp.TensorTrain else min(fmt.out_features, fmt.in_features)
-    u, sv, vt = torch.linalg.svd(_dense_slice(stack, f, index), full_matrices=False)
-    return u[:, :rank] * sv[:rank], vt[:rank]
+    B, A = stack.format.lora_factors(f, index)
+    return B * stack.scaling, A
 
 
 def truncate(B: torch.Tensor, A: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

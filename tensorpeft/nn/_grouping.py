@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ._targets import find_targets, linear_shape
+from ._config import AdapterConfig
+from ._layer import AdapterLinear
+from ._linear import linear_shape
+from ._targets import find_targets
 
-__all__ = ["StackPlan", "model_heads", "plan_stacks"]
+__all__ = ["StackPlan", "check_not_adapted", "model_heads", "plan_stacks"]
 
 
 @dataclass(frozen=True)
@@ -160,15 +163,54 @@ def _group(names_shapes, stack_by):
     return out
 
 
+def check_not_adapted(model: nn.Module) -> None:
+    """Raise ValueError if ``model`` already contains tensorpeft adapters (an :class:`AdapterLinear`)."""
+    if any(isinstance(m, AdapterLinear) for m in model.modules()):
+        raise ValueError("`model` already contains tensorpeft adapters; pass the plain base model.")
+
+
 def plan_stacks(model: nn.Module, config) -> list[tuple[StackPlan, object]]:
     """Match, group and validate: the ``(plan, format)`` of every stack, in module order.
 
+    What :class:`TensorPeftModel` would build on ``model``, computed without changing it: use it to count
+    the adapter parameters of a config (``sum(fmt.num_params for _, fmt in plan_stacks(model, config))``)
+    or to see how the layers are grouped before wrapping anything.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The plain base model (not already adapted); left unchanged.
+    config : AdapterConfig
+        Which layers to adapt, how to stack them and with which format.
+
+    Returns
+    -------
+    list of (StackPlan, format)
+        One pair per stack: its :class:`StackPlan` and the :mod:`tensorpeft.decomp` format (e.g. a
+        :class:`~tensorpeft.decomp.Tucker2`) its factors will have.
+
     Raises
     ------
+    TypeError
+        If ``model`` is not an ``nn.Module`` or ``config`` not an :class:`AdapterConfig`.
     ValueError
-        From :func:`find_targets`, or when a format rejects a stack (e.g. ``rank`` above a layer
-        dimension); the message names the stack, its layers and their shape.
+        If ``model`` already contains tensorpeft adapters, a ``target_modules`` entry matches no linear
+        layer, or a format rejects a stack (e.g. ``rank`` above a layer dimension); the message names the
+        stack, its layers and their shape.
+
+    Examples
+    --------
+    >>> import torch, tensorpeft as tp
+    >>> base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    >>> [(plan.name, plan.stack, fmt.num_params) for plan, fmt in
+    ...  tp.nn.plan_stacks(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))]
+    [('stack', (2,), 72)]
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(f"`config` must be an AdapterConfig (e.g. Tucker2Config), got {type(config).__name__}.")
+    check_not_adapted(model)
     targets = find_targets(model, config)
     names_shapes = [(n, linear_shape(m)) for n, m in targets]
     shapes = dict(names_shapes)

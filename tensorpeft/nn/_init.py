@@ -5,14 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import decomp
-from ._targets import dense_weight
+from ._linear import dense_weight
 
 __all__ = ["adapter_dtype", "initial_factors", "pretrained_stack"]
-
-# Generic ALS sweeps are only spent on finding directions here (the zero factor is reset), so a
-# short fit is enough; formats with a closed-form fit (SVD, HOOI, TT-SVD) ignore this.
-_FIT_SWEEPS = 50
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -37,8 +32,9 @@ def pretrained_stack(members: list[tuple[nn.Module, tuple[int, ...]]], shape, dt
 def initial_factors(fmt, init: str, seed: int, dtype, device, weights: torch.Tensor | None = None) -> dict:
     """Factors of ``fmt`` with ΔW == 0 exactly.
 
-    ``init="zero"``: ``fmt.init(seed)``. ``init="svd"``: ``fmt.fit(weights)`` (``weights`` the stack of
-    pretrained matrices, ordered like the stack), then the format's ``zero_factor`` set to zero and every
+    ``init="zero"``: ``fmt.init(seed)``. ``init="svd"``: ``fmt.init_from_weights(weights)`` (``weights`` the
+    stack of pretrained matrices, ordered like the stack; the format's fit, with few sweeps where it is
+    iterative), then the format's ``zero_factor`` set to zero and every
     other factor rescaled to the Frobenius norm it has under ``"zero"``: the directions come from the
     pretrained weights, the magnitudes (hence the effective learning rate) stay those of the default
     init. The fitted core is the least-squares ``Aᵀ W_s B`` of ``W_s ≈ A G_s Bᵀ``; the factored forward
@@ -50,7 +46,7 @@ def initial_factors(fmt, init: str, seed: int, dtype, device, weights: torch.Ten
         return {n: t.to(device) for n, t in base.items()}
     if weights is None:
         raise ValueError("`init`='svd' needs the pretrained weights of the stack.")
-    fitted = fit_factors(fmt, weights)
+    fitted = fmt.init_from_weights(weights)
     out = {}
     for name, t in base.items():
         if name == fmt.zero_factor:
@@ -60,12 +56,3 @@ def initial_factors(fmt, init: str, seed: int, dtype, device, weights: torch.Ten
         norm, target = torch.linalg.vector_norm(f), torch.linalg.vector_norm(t.to(torch.float64))
         out[name] = (f * (target / norm) if norm > 0 else t.to(torch.float64)).to(dtype)
     return {n: t.to(device) for n, t in out.items()}
-
-
-def fit_factors(fmt, weights: torch.Tensor) -> dict:
-    """``fmt.fit`` of a stack of matrices; fewer sweeps for the ALS-based fits (CP, generic)."""
-    if type(fmt) in (decomp.CP, decomp.TensorNetwork):
-        factors, _ = fmt.fit(weights, n_iter_max=_FIT_SWEEPS)
-    else:
-        factors, _ = fmt.fit(weights)
-    return factors

@@ -6,8 +6,8 @@ several of its slices read the same ``x`` — and ``finish(u, index, scale)``. T
 narrowest intermediate (``r`` wide), not the ``d_out``-wide output.
 
 Every ``d × r`` factor enters its matmul as a contiguous ``(r, d)`` copy (a few kB): torch computes
-an operand's gradient in that operand's layout, and the ``(d, r)`` layout was measured slower (as in
-PERF.md and the core's ``gemm`` executor).
+an operand's gradient in that operand's layout, and the ``(d, r)`` layout was measured slower (as the core's ``gemm``
+executor in ``decomp/_contract.py`` found).
 
 Measured (2026-11-22, 1 thread, CPU time, medians of 30 interleaved rounds; 12 slices of 768×768,
 1,024 tokens, r = 8, forward + backward of the adapter path alone, ratio to PEFT-style
@@ -15,7 +15,10 @@ Measured (2026-11-22, 1 thread, CPU time, medians of 30 interleaved rounds; 12 s
 with ``x·B`` shared by q, k, v 0.44 (the same with ``F.linear(v, A)`` for the output factor: 0.66),
 core 0.95; CP with heads 0.86, shared 0.48, core 0.95; LoRA² 0.88, core 0.88. Tensor trains and
 custom networks use ``format.apply`` (opt_einsum's order, cached per shape).
-``tests/nn/test_stack.py`` checks every kernel against ``format.apply``.
+``tests/nn/test_stack.py`` checks every kernel against ``format.apply``, and
+``tests/nn/test_kernels_match_equation.py`` checks forward and every gradient against the format's
+equation (``format.to_dense``) in float64. This table is the only place in ``nn`` that knows formats by
+class; everything else asks the format (``docs/guide/protocol.rst``).
 """
 
 from __future__ import annotations

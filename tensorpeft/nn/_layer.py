@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..decomp._validate import check_fraction, normalize_index
-from ._targets import is_adaptable, linear_shape
+from ..decomp.validate import check_fraction, normalize_index
+from ._linear import is_adaptable, linear_shape
 
 __all__ = ["AdapterLinear"]
 

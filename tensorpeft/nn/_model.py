@@ -10,13 +10,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..decomp._validate import check_allocation
+from ..decomp.validate import check_allocation
 from ._config import AdapterConfig
 from ._grouping import StackPlan, plan_stacks
 from ._init import adapter_dtype, initial_factors, pretrained_stack
 from ._layer import AdapterLinear
+from ._linear import parent_module
 from ._stack import AdapterStack
-from ._targets import parent_module
 
 __all__ = ["TensorPeftModel", "get_peft_model"]
 
@@ -39,6 +39,10 @@ class TensorPeftModel(nn.Module):
         Initial factors per stack name (used when loading); default from ``config.init``.
     trainable : bool
         Whether the adapter factors require gradients.
+    _planned : list of (StackPlan, format), optional
+        Internal: the result of :func:`plan_stacks` for ``base_model`` and ``config`` when the caller has
+        already computed it (:func:`load_adapter` does, to compare with the file), so that a model is
+        planned once. Not checked again; leave it out.
 
     Attributes
     ----------
@@ -78,10 +82,12 @@ class TensorPeftModel(nn.Module):
     'Linear'
     """
 
-    def __init__(self, base_model: nn.Module, config: AdapterConfig, *, factors=None, trainable: bool = True):
+    def __init__(
+        self, base_model: nn.Module, config: AdapterConfig, *, factors=None, trainable: bool = True, _planned=None
+    ):
         super().__init__()
         _check_arguments(base_model, config, factors, trainable)
-        planned = plan_stacks(base_model, config)
+        planned = plan_stacks(base_model, config) if _planned is None else _planned
         modules = dict(base_model.named_modules())
         _check_memory(planned, modules, config)
         stacks = {}

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import math
-import numbers
 from fractions import Fraction
 
 import torch
 
 from .. import decomp
-from ..decomp._validate import check_fraction
+from ..decomp.validate import check_fraction, check_int_at_least
 
 __all__ = ["RankPruner"]
 
 _SCORED = ("lambda", "U2", "V2")
-
-
-def _int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _peft_model(model):
@@ -181,23 +172,23 @@ class RankPruner:
                 "`model` has no LoRA² (OrthogonalProjection) adapter to prune; build it with tp.LoRA2Config, "
                 f"got stacks of {sorted({type(s.format).__name__ for s in peft.tensor_adapters.values()})}."
             )
-        self.total_steps = _int(total_steps, "total_steps", 1)
-        self.warmup_steps = _int(warmup_steps, "warmup_steps", 0)
-        self.final_steps = _int(final_steps, "final_steps", 1)
-        self.interval = _int(interval, "interval", 1)
+        self.total_steps = check_int_at_least(total_steps, "total_steps", 1)
+        self.warmup_steps = check_int_at_least(warmup_steps, "warmup_steps", 0)
+        self.final_steps = check_int_at_least(final_steps, "final_steps", 1)
+        self.interval = check_int_at_least(interval, "interval", 1)
         if self.warmup_steps + self.final_steps >= self.total_steps:
             raise ValueError(
                 f"`warmup_steps` + `final_steps` = {self.warmup_steps} + {self.final_steps} must be less than "
                 f"`total_steps`={self.total_steps}: the budget needs at least one step to decrease."
             )
         max_rank = min(s.format.rank for s in stacks.values())
-        initial = max_rank if initial_rank is None else _int(initial_rank, "initial_rank", 1)
+        initial = max_rank if initial_rank is None else check_int_at_least(initial_rank, "initial_rank", 1)
         if initial > max_rank:
             raise ValueError(
                 f"`initial_rank`={initial} exceeds the rank of the LoRA² adapters ({max_rank}); "
                 f"it must be <= {max_rank}."
             )
-        target = _int(target_rank, "target_rank", 1)
+        target = check_int_at_least(target_rank, "target_rank", 1)
         if target > initial:
             raise ValueError(f"`target_rank`={target} exceeds `initial_rank`={initial}; it must be <= {initial}.")
         self.beta1 = check_fraction(beta1, "beta1")
@@ -232,7 +223,7 @@ class RankPruner:
         --------
         See :class:`RankPruner`.
         """
-        t = _int(step, "step", 0)
+        t = check_int_at_least(step, "step", 0)
         t_i, t_f, total = self.warmup_steps, self.final_steps, self.total_steps
         if t <= t_i:
             return self.initial_budget
@@ -358,7 +349,7 @@ class RankPruner:
         --------
         See :class:`RankPruner`.
         """
-        t = _int(step, "step", 0)
+        t = check_int_at_least(step, "step", 0)
         final = t >= self.total_steps - self.final_steps
         if not (final and self._final_done):
             self._update_importance()

@@ -3,7 +3,7 @@
 The JSON holds the config, the plan of every stack (member layers, indices, shape, heads) and a
 SHA-256 of the tensor payload; the safetensors file holds each factor as ``<stack>.<factor>`` in the
 format's layout. A save writes both files into a fresh hidden sibling directory and swaps it into
-place in one step (:mod:`._safe_io`), so the directory always holds the complete old adapter or the
+place in one step (:mod:`tensorpeft._safe_io`), so the directory always holds the complete old adapter or the
 complete new one, with any other files the user keeps there.
 
 Loading treats both files as untrusted. Every argument is checked first; each file is opened once and
@@ -28,9 +28,11 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ._config import AdapterConfig, _trusted_factories
+from .._safe_io import parse_json, read_capped, recover, write_directory_atomic
+from .._version import __version__
+from ._config import AdapterConfig
+from ._factories import trusted_factories
 from ._grouping import StackPlan, plan_stacks
-from ._safe_io import parse_json, read_capped, recover, write_directory_atomic
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_adapter", "save_adapter"]
 
@@ -56,7 +58,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def write_atomic(directory: Path, files: dict[str, bytes]) -> None:
-    """Make ``directory`` hold ``files`` in one atomic step (see :func:`~._safe_io.write_directory_atomic`)."""
+    """Make ``directory`` hold ``files`` in one atomic step (:func:`tensorpeft._safe_io.write_directory_atomic`)."""
     write_directory_atomic(directory, files)
 
 
@@ -138,8 +140,6 @@ def save_adapter(model, path) -> None:
     ...     sorted(os.listdir(path))
     ['adapter_config.json', 'adapter_model.safetensors']
     """
-    from .. import __version__
-
     path = check_directory_path(path)
     tensors = adapter_tensors(model)
     for key, tensor in tensors.items():
@@ -253,7 +253,7 @@ def _check_load_args(cls, base_model, path, is_trainable, trust_custom_factories
         raise TypeError("`base_model` is already a TensorPeftModel; load the adapter onto a plain base model.")
     if not isinstance(is_trainable, bool):
         raise TypeError(f"`is_trainable` must be True or False, got {is_trainable!r} ({type(is_trainable).__name__}).")
-    return check_directory_path(path), _trusted_factories(trust_custom_factories)
+    return check_directory_path(path), trusted_factories(trust_custom_factories)
 
 
 def _finish_interrupted_save(path: Path) -> None:
@@ -327,7 +327,7 @@ def load_adapter(cls, base_model, path, is_trainable: bool = False, *, trust_cus
     for plan, fmt in planned:
         device = modules[plan.members[0][0]].weight.device
         factors[plan.name] = {n: tensors[f"{plan.name}.{n}"].to(device) for n in fmt.factor_names}
-    model = cls(base_model, config, factors=factors, trainable=is_trainable)
+    model = cls(base_model, config, factors=factors, trainable=is_trainable, _planned=planned)
     if not is_trainable:
         model.eval()
     return model

@@ -10,47 +10,12 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
-from ._config import ALL_LINEAR
+from ._linear import is_adaptable
+from ._selector import ALL_LINEAR
 
-__all__ = ["conv1d_class", "dense_weight", "find_targets", "is_adaptable", "linear_shape", "parent_module"]
-
-
-def conv1d_class():
-    """The class ``transformers.pytorch_utils.Conv1D`` (GPT-2's linear, weight ``(in, out)``), or None."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is optional
-        return None
-    return Conv1D
-
-
-def is_adaptable(module: nn.Module) -> bool:
-    """True for ``nn.Linear`` and transformers' ``Conv1D``."""
-    conv1d = conv1d_class()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """``(out_features, in_features)`` of an adaptable layer, whatever its storage layout."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    in_features, out_features = module.weight.shape  # Conv1D stores the weight transposed
-    return int(out_features), int(in_features)
-
-
-def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The detached weight of an adaptable layer as ``(out_features, in_features)`` (a view, no copy)."""
-    w = module.weight.detach()
-    return w if isinstance(module, nn.Linear) else w.T  # Conv1D stores it (in, out)
-
-
-def parent_module(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    """``(parent, attribute)`` of the submodule ``name`` of ``model``, to replace it with ``setattr``."""
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
+__all__ = ["find_targets"]
 
 
 def _matches(selector, name: str) -> bool:
@@ -72,16 +37,16 @@ def _output_embedding(model: nn.Module):
 def find_targets(model: nn.Module, config) -> list[tuple[str, nn.Module]]:
     """The ``(name, layer)`` pairs of ``model`` that ``config`` adapts, in module order.
 
+    ``config`` is anything with ``target_modules`` and ``exclude_modules`` (an :class:`AdapterConfig`, a
+    :class:`ModuleSelector`), already normalized. Whether ``model`` is already adapted is checked by the
+    callers (:func:`check_not_adapted`), which know the wrapper class; this module knows only plain layers.
+
     Raises
     ------
     ValueError
         If a ``target_modules`` entry matches nothing (the message lists the linear layers that exist),
         matches a module that is not a linear layer, or nothing is left after ``exclude_modules``.
     """
-    from ._layer import AdapterLinear
-
-    if any(isinstance(m, AdapterLinear) for m in model.modules()):
-        raise ValueError("`model` already contains tensorpeft adapters; pass the plain base model.")
     named = [(n, m) for n, m in model.named_modules() if n]
     linear_names = [n for n, m in named if is_adaptable(m)]
     selector = config.target_modules

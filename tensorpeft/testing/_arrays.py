@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..decomp._validate import check_backend, check_size
+from ..decomp.validate import check_backend, check_size
 from ._strategies import _check_nonnegative_int
 
 __all__ = ["factors", "indices", "inputs"]

@@ -10,7 +10,7 @@ from itertools import islice
 
 import numpy as np
 
-from ..decomp._validate import check_seed
+from ..decomp.validate import check_seed
 from ._assert import assert_close, to_numpy, tolerance
 
 __all__ = ["CHECKS", "check_format"]

@@ -13,8 +13,7 @@ import numbers
 from hypothesis import strategies as st
 
 from ..decomp import CP, LoRA, OrthogonalProjection, TensorNetwork, TensorTrain, Tucker2, balanced_modes
-from ..decomp._tt import prime_factors
-from ..decomp._validate import check_size
+from ..decomp.validate import check_size, prime_factors
 
 __all__ = [
     "cp_formats",

@@ -347,3 +347,16 @@ def test_custom_network_dense_equals_elementwise_sum(custom_network):
             product *= fac[factor][tuple(at[c] for c in term)]
         expected[tuple(at[c] for c in out)] += product
     assert_close(f.to_dense(fac), expected.reshape(f.shape), what="to_dense and the elementwise sum")
+
+
+@pytest.mark.parametrize("names", [np.array(0.0), np.array("A")])
+def test_factor_names_iterable_in_type_only_is_a_type_error_naming_it(names):
+    with pytest.raises(TypeError, match="`factor_names` must be 3 distinct names"):
+        decomp.TensorNetwork(
+            "or,lrs,is->loi",
+            {"o": 4, "r": 2, "l": 3, "s": 2, "i": 5},
+            stack_indices="l",
+            out_indices="o",
+            in_indices="i",
+            factor_names=names,
+        )

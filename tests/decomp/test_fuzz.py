@@ -292,7 +292,7 @@ def test_functions(name, data):
 
 def test_the_fuzz_covers_every_public_name():
     covered = set(CONSTRUCTORS) | {n.split("[")[0] for n in PLANNERS}
-    covered |= {"Comparison", "ComparisonRow", "WeLoreMatrix", "WeLoreResult"}
+    covered |= {"BudgetPlan", "Comparison", "ComparisonRow", "WeLoreMatrix", "WeLoreResult", "validate"}
     assert covered == set(decomp.__all__)
     assert set(TESTING) | {"CHECKS", "TOLERANCES"} == set(testing.__all__)
 

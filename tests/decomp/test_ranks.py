@@ -329,7 +329,7 @@ def test_subclass_with_from_scale_only_is_unbounded():
             super().__init__("ar,rb->ab", {"a": 3, "r": rank, "b": 2}, out_indices="a", in_indices="b")
 
         @classmethod
-        def _from_scale(cls, scale):
+        def from_scale(cls, scale):
             return cls(scale)
 
     fmt = decomp.rank_for_budget(Chain, 101)
@@ -441,9 +441,9 @@ def _counting(base):
         built = 0
 
         @classmethod
-        def _from_scale(cls, scale, **kwargs):
+        def from_scale(cls, scale, **kwargs):
             Counted.built += 1
-            return super()._from_scale(scale, **kwargs)
+            return super().from_scale(scale, **kwargs)
 
     return Counted
 
@@ -477,14 +477,14 @@ def test_huge_budgets_take_at_most_two_builds(cls):
 
 
 def test_search_is_bounded_for_a_format_whose_count_stops_growing():
-    class Capped(decomp.TensorNetwork):  # rank capped at 5 by the format itself, no `_max_scale`
+    class Capped(decomp.TensorNetwork):  # rank capped at 5 by the format itself, no `max_scale`
         built = 0
 
         def __init__(self, rank):
             super().__init__("ar,rb->ab", {"a": 3, "r": min(rank, 5), "b": 2}, out_indices="a", in_indices="b")
 
         @classmethod
-        def _from_scale(cls, scale):
+        def from_scale(cls, scale):
             cls.built += 1
             return cls(scale)
 
@@ -499,18 +499,18 @@ def test_search_is_bounded_for_a_format_whose_count_stops_growing():
 def test_bad_hooks_are_type_errors_naming_format_cls():
     class BadBound(decomp.LoRA):
         @classmethod
-        def _max_scale(cls, **kwargs):
+        def max_scale(cls, **kwargs):
             return 2.5
 
     class BadBuild(decomp.LoRA):
         @classmethod
-        def _from_scale(cls, scale, **kwargs):
+        def from_scale(cls, scale, **kwargs):
             return "not a format"
 
     kwargs = {"stack": (2,), "out_features": 5, "in_features": 3}
-    with pytest.raises(TypeError, match=r"`format_cls`=BadBound: `_max_scale` must return a positive int or None"):
+    with pytest.raises(TypeError, match=r"`format_cls`=BadBound: `max_scale` must return a positive int or None"):
         decomp.rank_for_budget(BadBound, 100, **kwargs)
-    with pytest.raises(TypeError, match=r"`format_cls`=BadBuild: `_from_scale` must return a format, got str"):
+    with pytest.raises(TypeError, match=r"`format_cls`=BadBuild: `from_scale` must return a format, got str"):
         decomp.rank_for_budget(BadBuild, 100, **kwargs)
 
 
@@ -525,3 +525,83 @@ def test_compare_refuses_huge_shapes_at_once():
         decomp.compare(10**6, (24,), 768, 2**61 - 1)
     with pytest.raises(ValueError, match=r"`stack\[0\]` must be at most"):
         decomp.compare(10**6, (2**40,), 768, 768)
+
+
+# --------------------------------------------------------------------------- stacks of a model
+
+MODEL_STACKS = [((6,), 384, 384), ((6,), 1536, 384), ((6,), 384, 1536)]
+
+
+def _total(cls, scale, stacks, **kwargs):
+    shapes = [dict(zip(("stack", "out_features", "in_features"), s, strict=True)) for s in stacks]
+    return sum(cls.from_scale(scale, **kwargs, **shape).num_params for shape in shapes)
+
+
+@pytest.mark.parametrize("cls", [decomp.LoRA, decomp.Tucker2, decomp.CP, decomp.OrthogonalProjection])
+@pytest.mark.parametrize("budget", [30_000, 123_457, 1_000_000])
+def test_stacks_share_one_scale_within_the_summed_budget_and_maximal(cls, budget):
+    plan = decomp.rank_for_budget(cls, budget, stacks=MODEL_STACKS)
+    assert isinstance(plan, decomp.BudgetPlan) and len(plan.formats) == len(MODEL_STACKS)
+    assert [f.shape for f in plan.formats] == [(*s, o, i) for s, o, i in MODEL_STACKS]
+    assert plan.num_params == _total(cls, plan.scale, MODEL_STACKS) <= budget
+    assert plan.formats[0] == cls.from_scale(plan.scale, stack=(6,), out_features=384, in_features=384)
+    assert plan.at_max or _total(cls, plan.scale + 1, MODEL_STACKS) > budget
+
+
+def test_a_stack_that_refuses_a_scale_caps_the_shared_one():
+    plan = decomp.rank_for_budget(decomp.LoRA, 10**9, stacks=[((2,), 64, 64), ((), 64, 3)])
+    assert plan.scale == 3 and plan.at_max  # rank 4 is refused by the 64×3 stack
+    small = decomp.rank_for_budget(decomp.LoRA, 400, stacks=[((2,), 64, 64), ((), 64, 3)])
+    assert small.scale == 1 and not small.at_max  # 256 + 67 at rank 1; rank 2 needs 646
+
+
+def test_stacks_of_tensor_trains_stop_at_the_smallest_scale_of_the_maximum():
+    stacks = [{"stack": (), "out_features": 4, "in_features": 4, "in_modes": (2, 2), "out_modes": (2, 2)}]
+    stacks.append({"stack": (2,), "out_features": 8, "in_features": 8, "share_stack": False})
+    plan = decomp.rank_for_budget(decomp.TensorTrain, 10**12, stacks=stacks)
+    assert plan.at_max
+    below = decomp.rank_for_budget(decomp.TensorTrain, plan.num_params - 1, stacks=stacks)
+    assert below.scale == plan.scale - 1 and below.num_params < plan.num_params
+
+
+def test_stacks_take_dicts_merged_over_the_shared_arguments():
+    plan = decomp.rank_for_budget(
+        decomp.CP, 5_000, stacks=[{"stack": (12,), "out_features": 768, "in_features": 768}], heads=12
+    )
+    assert plan.formats[0].heads == 12 and plan.num_params == plan.scale * (12 + 12 + 64 + 768)
+
+
+def test_stacks_below_rank_one_raise_a_budget_error_with_the_smallest_plan():
+    with pytest.raises(decomp.BudgetError, match=r"on these 3 stack\(s\) \(rank 1\)") as info:
+        decomp.rank_for_budget(decomp.LoRA, 100, stacks=MODEL_STACKS)
+    assert info.value.smallest.num_params == _total(decomp.LoRA, 1, MODEL_STACKS) == 6 * (768 + 1920 + 1920)
+
+
+@pytest.mark.parametrize(
+    ("stacks", "error", "match"),
+    [
+        ("abc", TypeError, "`stacks` must be a list"),
+        ({"stack": (2,)}, TypeError, "`stacks` must be a list"),
+        ([], ValueError, "`stacks` must name at least one stack"),
+        ([((2,), 4)], TypeError, r"`stacks\[0\]` must be a \(stack, out_features, in_features\) tuple"),
+        (
+            [((2,), 4, 4), {"stack": (2,), "out_features": 4, "in_features": 4, "rank": 2}],
+            TypeError,
+            r"`stacks\[1\]` names `rank`",
+        ),
+        ([((2,), 0, 4)], ValueError, "`out_features`"),
+    ],
+)
+def test_bad_stacks_are_named(stacks, error, match):
+    with pytest.raises(error, match=match):
+        decomp.rank_for_budget(decomp.LoRA, 1000, stacks=stacks)
+
+
+def test_stacks_take_objects_with_the_shape_attributes():
+    from types import SimpleNamespace
+
+    plans = [SimpleNamespace(stack=(4,), out_features=64, in_features=64, heads=4)]
+    plans.append(SimpleNamespace(stack=(4,), out_features=32, in_features=64, heads=None))
+    plan = decomp.rank_for_budget(decomp.CP, 2_000, stacks=plans)
+    assert [f.heads for f in plan.formats] == [4, None]
+    assert plan.num_params == plan.scale * ((4 + 4 + 16 + 64) + (4 + 32 + 64)) <= 2_000

@@ -155,3 +155,59 @@ def test_train_settings_refuse_bad_values(field, value):
 
     with pytest.raises(ValueError, match=f"`{field}` must be"):
         TrainSettings(**{field: value})
+
+
+@pytest.fixture
+def plans(monkeypatch):
+    """Count the times a model is planned (each plan walks every module of the model)."""
+    import tensorpeft.nn
+    from tensorpeft.nn import _grouping
+
+    real, calls = _grouping.plan_stacks, []
+
+    def plan_stacks_counted(model, config):
+        calls.append(type(config).__name__)
+        return real(model, config)
+
+    monkeypatch.setattr(_grouping, "plan_stacks", plan_stacks_counted)
+    monkeypatch.setattr(tensorpeft.nn, "plan_stacks", plan_stacks_counted)
+    return calls
+
+
+@pytest.mark.parametrize("word", ["r2", "tiny", "100000000"])
+def test_budget_table_plans_a_few_times_per_family_not_per_probe(bert, plans, word):
+    _, rows = budget_table(bert, ["query", "value"], word)
+    assert len(rows) == 5 and plans  # the count sees the planner
+    assert len(plans) <= 4 * len(rows)  # a rank search probes up to 64 scales: those are counted on the formats
+
+
+def test_resolve_method_agrees_with_planning_the_model_at_the_found_rank(bert):
+    import dataclasses
+
+    for family in ("tucker2", "cp", "tt", "lora2"):
+        config, params, budget = resolve_method(MethodSpec(family, "r2"), bert, ["query", "value"])
+        assert params == adapter_params(bert, config) <= budget
+        assert adapter_params(bert, dataclasses.replace(config, rank=config.rank + 1)) > budget
+
+
+def test_budget_table_compares_with_lora_at_each_stacks_slice_rank(bert):
+    from tensorpeft.experiments._methods import resolve_formats
+
+    _, rows = budget_table(bert, ["query", "value"], "r2")
+    by = {r.method: r for r in rows}
+    _, formats, _, _ = resolve_formats(MethodSpec("tucker2", "r2"), bert, ["query", "value"])
+    rank = by["tucker2"].rank
+    assert all(f.slice_rank == rank for f in formats)
+    lora = adapter_params(bert, LoRAConfig(rank=rank, target_modules=["query", "value"]))
+    assert by["tucker2"].vs_lora == lora / by["tucker2"].params
+    assert by["lora"].vs_lora == 1.0
+
+
+def test_rank_for_budget_over_the_planned_stacks_matches_resolve_method(bert):
+    from tensorpeft import decomp
+    from tensorpeft.nn import Tucker2Config, plan_stacks
+
+    config, params, budget = resolve_method(MethodSpec("tucker2", "r2"), bert, ["query", "value"])
+    stacks = [plan for plan, _ in plan_stacks(bert, Tucker2Config(rank=1, target_modules=["query", "value"]))]
+    found = decomp.rank_for_budget(decomp.Tucker2, budget, stacks=stacks)
+    assert (found.scale, found.num_params) == (config.rank, params)

@@ -158,3 +158,40 @@ def test_export_model_must_be_a_live_tensor_peft_model(tmp_path):
     with pytest.raises(ValueError, match=r"`model` was unloaded"):
         export_lora(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+class SharedRight(tp.decomp.TensorNetwork):
+    """``ΔW_s = U_s V`` (V shared), a custom format that answers its own slice rank and LoRA factors."""
+
+    def __init__(self, stack, out_features, in_features, rank):
+        s = "l" * len(stack)
+        sizes = {"o": out_features, "r": rank, "i": in_features} | ({"l": stack[0]} if stack else {})
+        super().__init__(f"{s}or,ri->{s}oi", sizes, stack_indices=s, out_indices="o", in_indices="i",
+                         factor_names=("U", "V"), zero_factor="U")  # fmt: skip
+        self.rank = rank
+
+    @property
+    def slice_rank(self):
+        return self.rank
+
+    def lora_factors(self, factors, index=()):
+        return factors["U"][tuple(index)], factors["V"]
+
+
+def test_export_asks_a_custom_format_for_its_lora_factors(tmp_path):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    reference = copy.deepcopy(base)
+    config = tp.CustomConfig(factory=SharedRight, rank=2, target_modules=["0", "2"])
+    model = tp.get_peft_model(base, config)
+    with torch.no_grad():
+        for p in model.tensor_adapters.parameters():
+            p.normal_()
+    report = model.export_lora(tmp_path / "lora")
+    assert set(report.ranks.values()) == {2}  # the format's width, not the SVD's min(16, 16)
+    assert report.max_error <= 1e-6
+    lora = peft.PeftModel.from_pretrained(reference, tmp_path / "lora")
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        ours, theirs = model(x), lora(x)
+    assert float((ours - theirs).norm() / ours.norm()) <= 1e-5

@@ -429,7 +429,7 @@ def test_an_allow_list_of_functions_loads_a_custom_adapter(tmp_path, custom_fact
 
 
 def test_built_in_formats_are_saved_by_public_name_and_never_imported(tmp_path, monkeypatch):
-    from tensorpeft.nn import _config
+    from tensorpeft.nn import _factories
 
     model = save(tmp_path / "a", tp.CustomConfig(factory=tp.decomp.LoRA, rank=2, target_modules=["0", "2"]))
     assert read_meta(tmp_path / "a")["config"]["factory"] == "tensorpeft.decomp:LoRA"
@@ -439,7 +439,7 @@ def test_built_in_formats_are_saved_by_public_name_and_never_imported(tmp_path, 
     def no_import(name, *args, **kwargs):
         raise AssertionError(f"imported {name}")
 
-    monkeypatch.setattr(_config, "importlib", type("NoImport", (), {"import_module": staticmethod(no_import)}))
+    monkeypatch.setattr(_factories, "importlib", type("NoImport", (), {"import_module": staticmethod(no_import)}))
     loaded = tp.TensorPeftModel.from_pretrained(tiny(), tmp_path / "a")
     assert loaded.peft_config.factory == "tensorpeft.decomp:LoRA"
     x = torch.randn(3, 8)

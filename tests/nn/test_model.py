@@ -314,7 +314,7 @@ def test_bad_factors_are_refused_before_the_base_is_touched(factors, exc, match)
 
 
 def test_factors_that_do_not_fit_the_memory_are_refused_before_allocation(monkeypatch):
-    import tensorpeft.decomp._validate as validate
+    import tensorpeft.decomp.validate as validate
 
     # each of the two stacks (rank 2**18 · 32 fp32 scalars = 32 MiB) fits in 48 MiB, both together do not
     monkeypatch.setattr(validate, "physical_memory_bytes", lambda: 48 * 2**20)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import tensorpeft as tp
-from tensorpeft.nn import AdapterLinear, _safe_io
+from tensorpeft import _safe_io
+from tensorpeft.nn import AdapterLinear
 
 
 def saved(make_model, helpers, tmp_path, kind="bert", fmt="tucker2"):
@@ -391,3 +392,40 @@ def test_stack_plan_from_dict_is_strict(field, value):
     assert StackPlan.from_dict(good).out_features == 8
     with pytest.raises(ValueError, match="malformed"):
         StackPlan.from_dict(good | {field: value})
+
+
+def test_loading_plans_the_base_model_once(tmp_path, monkeypatch):
+    from tensorpeft.nn import _grouping, _model, _serialization
+
+    def mlp():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+
+    tp.get_peft_model(mlp(), tp.Tucker2Config(rank=2, target_modules=["0", "2"])).save_pretrained(tmp_path)
+    calls = []
+
+    def counting(model, config):
+        calls.append(type(config).__name__)
+        return _grouping.plan_stacks(model, config)
+
+    monkeypatch.setattr(_serialization, "plan_stacks", counting)
+    monkeypatch.setattr(_model, "plan_stacks", counting)
+    loaded = tp.TensorPeftModel.from_pretrained(mlp(), tmp_path)
+    assert calls == ["Tucker2Config"]
+    assert [p.name for p in loaded.plans] == ["stack"]
+
+
+def test_write_file_atomic_replaces_whole_or_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"old")
+    assert _safe_io.write_file_atomic(target, b"new") == target.resolve()
+    assert target.read_bytes() == b"new"
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_safe_io.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _safe_io.write_file_atomic(target, b"newer")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left

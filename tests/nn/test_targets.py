@@ -121,3 +121,20 @@ def test_plain_torch_model():
     m = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2", "3"]))
     shapes = sorted((p.out_features, p.in_features, p.stack) for p in m.plans)
     assert shapes == [(8, 16, (1,)), (16, 8, (1,)), (16, 16, (1,))]
+
+
+def test_configs_and_compression_share_one_selector_check():
+    from tensorpeft.nn._selector import ALL_LINEAR, ModuleSelector
+
+    selector = ModuleSelector.of({"value", "query"}, exclude_modules="layer\\.0\\..*")
+    assert selector == ModuleSelector(("query", "value"), "layer\\.0\\..*")
+    assert ModuleSelector.of(ALL_LINEAR).target_modules == ALL_LINEAR
+    with pytest.raises(ValueError, match="`exclude_modules`"):
+        ModuleSelector.of(["query"], exclude_modules=ALL_LINEAR + "(")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    for call in (
+        lambda: tp.LoRAConfig(rank=1, target_modules=[""]),
+        lambda: tp.compress_low_rank(model, reduction=0.5, target_modules=[""]),
+    ):
+        with pytest.raises(TypeError, match=r"`target_modules\[0\]` must be a non-empty string, got ''"):
+            call()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorpeft import decomp, testing
-from tensorpeft.decomp._validate import normalize_index
+from tensorpeft.decomp.validate import normalize_index
 from tensorpeft.testing import _checks
 
 # ---------------------------------------------------------------------------------------- check_format passes

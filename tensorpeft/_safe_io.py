@@ -1,11 +1,18 @@
-"""Careful file I/O for adapters: bounded reads of untrusted files and atomic saves of a whole directory.
+"""Careful file I/O: bounded reads of untrusted files, atomic saves of one file or of a whole directory.
+
+Shared by :mod:`tensorpeft.nn` (adapter files) and :mod:`tensorpeft.experiments` (results), hence a leaf of
+the package root.
 
 Reading (:func:`read_capped`, :func:`parse_json`): a file is opened once and must be a regular file (a
 directory, a device such as ``/dev/zero``, a FIFO or a socket is refused, and so is a symlink loop); at most
 ``cap + 1`` bytes are read. JSON is parsed strictly: no ``NaN``/``Infinity`` constants, no number that only
 fits as an infinite float (``1e999``), at most :data:`MAX_JSON_DEPTH` levels of nesting.
 
-Saving (:func:`write_directory_atomic`): the files are written, fsynced, into a fresh hidden sibling
+Saving one file (:func:`write_file_atomic`): the bytes are written, fsynced, to a fresh hidden sibling
+``.<name>.tensorpeft-file-<pid>-<random>`` that then replaces the file in one ``os.replace``; a failure
+removes the sibling, so the old file is kept whole and no temporary is left behind.
+
+Saving a directory (:func:`write_directory_atomic`): the files are written, fsynced, into a fresh hidden sibling
 directory ``.<name>.tensorpeft-new-<pid>-<random>`` together with hard links (or copies) of every other file
 the user keeps in the target directory; that directory then takes the target's place in one step. On Linux
 ``renameat2(RENAME_EXCHANGE)`` swaps the two directories atomically (the old one, now under the hidden name,
@@ -36,7 +43,7 @@ import stat
 import sys
 from pathlib import Path
 
-__all__ = ["MAX_JSON_DEPTH", "parse_json", "read_capped", "recover", "write_directory_atomic"]
+__all__ = ["MAX_JSON_DEPTH", "parse_json", "read_capped", "recover", "write_directory_atomic", "write_file_atomic"]
 
 MAX_JSON_DEPTH = 64
 TAG = ".tensorpeft-"
@@ -164,6 +171,39 @@ def _check_tree(value, file) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- saving
+def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Make the file ``path`` hold ``data`` in one atomic step: the old content or the new, never a mix.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to write (its directory must exist; a symlink is followed).
+    data : bytes
+        The complete new content.
+
+    Returns
+    -------
+    Path
+        The file written (``path`` with symlinks resolved).
+
+    Raises
+    ------
+    OSError
+        From the file system; ``path`` then still holds its previous content and no temporary file is left.
+    """
+    target = Path(os.path.realpath(os.fspath(path)))
+    tmp = _fresh_sibling(target, "file")
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
 def write_directory_atomic(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
     """Make ``directory`` hold ``files`` (and the other files it had) in one atomic step.
 

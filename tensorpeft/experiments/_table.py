@@ -1,0 +1,32 @@
+"""The comparison's results as an aligned plain-text table (what ``tensorpeft compare`` prints)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._table import render_table
+
+if TYPE_CHECKING:
+    from ._compare import MethodRow
+
+__all__ = ["format_table"]
+
+
+def format_table(rows: list[MethodRow], evaluated_on: str = "test") -> str:
+    """Aligned plain-text table of the rows (``evaluated_on`` names the accuracy column's data)."""
+    header = ("method", "ranks", "adapter params", "trainable", f"{evaluated_on} accuracy", "s/step", "peak MB")
+    lines = []
+    for r in rows:
+        acc = f"{100 * r.accuracy_mean:.1f}" + (f" ± {100 * r.accuracy_std:.1f}" if len(r.accuracy) > 1 else "")
+        lines.append(
+            (
+                r.method,
+                r.ranks,
+                f"{r.adapter_params:,}",
+                f"{r.trainable_params:,}",
+                acc,
+                f"{r.seconds_per_step:.3f}",
+                f"{r.peak_memory_mb:.0f}",
+            )
+        )
+    return render_table(None, header, lines, left=(0, 1))
