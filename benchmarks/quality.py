@@ -21,8 +21,15 @@ from pathlib import Path
 import _common
 import numpy as np
 
-from tensorpeft.experiments import CompareSettings, TrainSettings, format_table, parse_methods, run_compare
-from tensorpeft.experiments._compare import default_model_path, write_outputs
+from tensorpeft.experiments import (
+    CompareSettings,
+    TrainSettings,
+    default_model_path,
+    format_table,
+    parse_methods,
+    run_compare,
+    write_outputs,
+)
 from tensorpeft.experiments._methods import DEFAULT_METHODS
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from . import _als
 from ._network import fresh_letters
@@ -52,6 +53,9 @@ class CP(StackedFormat):
     >>> f.factor_shapes["heads"], f.factor_shapes["out"]
     ((12, 8), (64, 8))
     """
+
+    #: The name of the format in tables (the ``compare`` and ``budget`` commands).
+    label: ClassVar[str] = "CP (LoRTA)"
 
     def __init__(self, stack, out_features, in_features, rank, heads=None):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from . import _als
 from ._network import fresh_letters
@@ -45,6 +46,9 @@ class LoRA(StackedFormat):
     >>> f.factor_shapes
     {'A': (24, 8, 768), 'B': (24, 768, 8)}
     """
+
+    #: The name of the format in tables (the ``compare`` and ``budget`` commands).
+    label: ClassVar[str] = "LoRA"
 
     def __init__(self, stack, out_features, in_features, rank):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from itertools import islice
+from typing import ClassVar
 
 import numpy as np
 import opt_einsum
@@ -135,6 +136,9 @@ class TensorNetwork:
     >>> bool(np.allclose(f.apply(fac, x, index=2), x @ f.to_dense(fac)[2].T))
     True
     """
+
+    #: The name of the format in tables (the ``compare`` and ``budget`` commands); formats set their own.
+    label: ClassVar[str] = "custom tensor network"
 
     #: The argument named when the factors of :meth:`random`/:meth:`init` would not fit in memory.
     _size_argument = "sizes"
@@ -574,6 +578,33 @@ class TensorNetwork:
             Factors in ``dense``'s backend and dtype.
         """
         return self.fit(dense, n_iter_max=self.init_sweeps)[0]
+
+    #: The factors that carry the rank components of every slice, for rank pruning
+    #: (:class:`tensorpeft.nn.RankPruner`): None (the default) when the format has none, else a dict
+    #: from factor name to the axis that indexes the components, counted from the end. The first entry
+    #: is the *gate*, of shape ``(*stack, r)``: a zero entry removes one component from its slice. Each
+    #: other entry is a ``(*stack, r, k)`` (axis ``-2``) or ``(*stack, k, r)`` (axis ``-1``) factor
+    #: whose importance, averaged over ``k``, adds to its component's score.
+    rank_components: ClassVar[dict[str, int] | None] = None
+
+    def regularizer(self, factors) -> dict:
+        """Named penalty terms the format asks training to add to the loss; here none.
+
+        :meth:`tensorpeft.nn.TensorPeftModel.orthogonality_loss` adds up the terms of every stack.
+
+        Parameters
+        ----------
+        factors : dict
+            The format's factors (numpy or torch).
+
+        Returns
+        -------
+        dict
+            Term name → scalar (a 0-d array or tensor, differentiable in the factors); empty here.
+            :class:`OrthogonalProjection` returns its :meth:`~OrthogonalProjection.orthogonality_penalty`.
+        """
+        self.check_factors(factors)
+        return {}
 
 
 def _first_free_symbol(sizes) -> int:

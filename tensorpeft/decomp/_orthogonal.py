@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from . import _als
 from ._backend import ops_named
 from ._network import fresh_letters
@@ -53,6 +55,12 @@ class OrthogonalProjection(StackedFormat):
     >>> round(float(sum(f.orthogonality_penalty(fac).values())), 12)
     0.0
     """
+
+    #: The name of the format in tables (the ``compare`` and ``budget`` commands).
+    label: ClassVar[str] = "LoRA² (orthogonal)"
+
+    #: λ gates the ``r`` singular directions; ``U2`` ``(k, r)`` and ``V2`` ``(r, k)`` carry them too.
+    rank_components: ClassVar[dict[str, int] | None] = {"lambda": -1, "U2": -1, "V2": -2}
 
     def __init__(self, stack, out_features, in_features, rank, inner=None):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
@@ -148,6 +156,21 @@ class OrthogonalProjection(StackedFormat):
             "V2": total(dev(V2 @ tr(V2, -1, -2))),
             "cross": total(dev(tr(P, -1, -2) @ P) + dev(Q @ tr(Q, -1, -2))),
         }
+
+    def regularizer(self, factors) -> dict:
+        """LoRA²'s regularizer: the terms of :meth:`orthogonality_penalty`.
+
+        Parameters
+        ----------
+        factors : dict
+            The format's factors (numpy or torch).
+
+        Returns
+        -------
+        dict
+            ``U1``, ``V1``, ``U2``, ``V2`` and ``cross`` penalties, each a scalar.
+        """
+        return self.orthogonality_penalty(factors)
 
     def retract(self, factors, keep_delta: bool = True) -> dict:
         """Return factors with exactly orthonormal planes.

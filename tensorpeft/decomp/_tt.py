@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import numbers
+from typing import ClassVar
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from ._stacked import StackedFormat
 from .validate import (
     MAX_RANK,
     check_index_letters,
+    check_int_or_tuple,
     check_modes,
     check_n_iter_max,
     check_positive_int,
@@ -108,6 +109,9 @@ class TensorTrain(StackedFormat):
     (990, (5, 5, 5, 5, 5))
     """
 
+    #: The name of the format in tables (the ``compare`` and ``budget`` commands).
+    label: ClassVar[str] = "TT (TT-LoRA)"
+
     def __init__(self, stack, out_features, in_features, rank, in_modes=None, out_modes=None, share_stack=True):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
         if in_modes is None:
@@ -148,16 +152,14 @@ class TensorTrain(StackedFormat):
 
     @staticmethod
     def _check_rank(rank, bounds):
-        if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-            rank = check_positive_int(rank, "rank")
+        # entries are bounded by their bond's bound (at most a feature size) below, not by MAX_RANK
+        rank = check_int_or_tuple(rank, "rank", expected=f"a tuple of {len(bounds)} bond ranks")
+        if isinstance(rank, int):
             return tuple(min(rank, bound) for bound in bounds)
-        if not isinstance(rank, tuple | list):
-            raise TypeError(f"`rank` must be an int or a tuple of {len(bounds)} bond ranks, got {rank!r}.")
         if len(rank) != len(bounds):
             raise ValueError(f"`rank` must have {len(bounds)} bond ranks (one per inner bond), got {len(rank)}.")
         out = []
         for k, (r, bound) in enumerate(zip(rank, bounds, strict=True)):
-            r = check_size(r, f"rank[{k}]", MAX_RANK)
             if r > bound:
                 raise ValueError(
                     f"`rank[{k}]`={r} exceeds the bound {bound} of bond {k} "

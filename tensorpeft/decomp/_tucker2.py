@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import numbers
+from functools import partial
+from typing import ClassVar
 
 from . import _als
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import leading_left_vectors
-from .validate import MAX_RANK, check_at_most, check_n_iter_max, check_size, check_tol, normalize_index
+from .validate import (
+    MAX_RANK,
+    check_at_most,
+    check_int_or_tuple,
+    check_n_iter_max,
+    check_size,
+    check_tol,
+    normalize_index,
+)
 
 __all__ = ["Tucker2"]
 
@@ -49,14 +59,17 @@ class Tucker2(StackedFormat):
     (8, 8)
     """
 
+    #: The name of the format in tables (the ``compare`` and ``budget`` commands).
+    label: ClassVar[str] = "Tucker-2 (LoTR)"
+
     def __init__(self, stack, out_features, in_features, rank):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
         if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-            rank = (rank, rank)
-        if not isinstance(rank, tuple | list) or len(rank) != 2:
-            raise TypeError(f"`rank` must be an int or a pair (r_out, r_in), got {rank!r}.")
-        r_out = check_size(rank[0], "rank[0]", MAX_RANK)
-        r_in = check_size(rank[1], "rank[1]", MAX_RANK)
+            rank = (rank, rank)  # one int: both sides, checked as rank[0] and rank[1]
+        expected = "a pair (r_out, r_in)"
+        if isinstance(rank, tuple | list) and len(rank) != 2:
+            raise TypeError(f"`rank` must be an int or {expected}, got {rank!r}.")
+        r_out, r_in = check_int_or_tuple(rank, "rank", check=partial(check_size, bound=MAX_RANK), expected=expected)
         check_at_most(r_out, out_features, "rank[0]", "`out_features`")
         check_at_most(r_in, in_features, "rank[1]", "`in_features`")
         self.rank = (r_out, r_in)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from math import prod
 
@@ -36,6 +36,7 @@ __all__ = [
     "check_fraction",
     "check_index_letters",
     "check_int_at_least",
+    "check_int_or_tuple",
     "check_modes",
     "check_n_iter_max",
     "check_positive_int",
@@ -114,6 +115,69 @@ def check_int_at_least(value, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def check_int_or_tuple(
+    value,
+    name: str,
+    *,
+    check: Callable[[object, str], int] = check_positive_int,
+    length: int | None = None,
+    expected: str = "a tuple of positive integers",
+) -> int | tuple[int, ...]:
+    """Check a rank given as one int or as a sequence of ints (``rank=8`` or ``rank=(8, 4)``).
+
+    The one parser of "int or tuple" ranks: the formats (:class:`~tensorpeft.decomp.Tucker2`,
+    :class:`~tensorpeft.decomp.TensorTrain`) and their adapter configs call it, and then give the
+    int its meaning (both sides, every bond) themselves.
+
+    Parameters
+    ----------
+    value : object
+        The value to check: an integer (not a bool), or a non-empty sequence of them (a list or tuple;
+        not a str, bytes or array).
+    name : str
+        The argument's name, shown in backticks in the error message; entry ``k`` is ``name[k]``.
+    check : callable, optional
+        ``check(value, name) -> int``, applied to the int and to every entry (default
+        :func:`check_positive_int`; e.g. :func:`check_size` for an upper bound).
+    length : int, optional
+        The number of entries a sequence must have.
+    expected : str, optional
+        What a sequence should be, for the TypeError's message.
+
+    Returns
+    -------
+    int or tuple of int
+        An int as ``check`` returns it, or a tuple of the checked entries.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither an integer nor a sequence, or an entry has the wrong type (named ``name[k]``).
+    ValueError
+        If a sequence is empty or does not have ``length`` entries, or ``check`` refuses a value.
+
+    Examples
+    --------
+    >>> check_int_or_tuple(8, "rank")
+    8
+    >>> check_int_or_tuple([8, 4], "rank", length=2)
+    (8, 4)
+    >>> check_int_or_tuple((8, 0), "rank")
+    Traceback (most recent call last):
+    ...
+    ValueError: `rank[1]` must be a positive integer, got 0.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return check(value, name)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` must be an int or {expected}, got {value!r}.")
+    if length is not None and len(value) != length:
+        raise ValueError(f"`{name}` must have {length} entries, got {len(value)}: {tuple(value)!r}.")
+    if len(value) == 0:
+        raise ValueError(f"`{name}` must not be empty.")
+    return tuple(check(v, f"{name}[{k}]") for k, v in enumerate(value))
 
 
 def check_fraction(value, name: str) -> float:

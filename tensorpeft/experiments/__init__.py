@@ -14,7 +14,7 @@ _HOMES = {
     "MethodRow": "_compare",
     "format_table": "_table",
     "run_compare": "_compare",
-    "write_outputs": "_compare",
+    "write_outputs": "_outputs",
     "DATASETS": "_data",
     "TextClassificationData": "_data",
     "load_dataset": "_data",

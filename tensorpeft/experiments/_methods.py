@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import decomp  # torch-free: the command line's parser reads DEFAULT_METHODS from here
+
 if TYPE_CHECKING:  # torch is imported only when a model is planned on
     from torch import nn
 
@@ -33,12 +35,14 @@ __all__ = [
     "resolve_method",
 ]
 
+# CLI family word -> (adapter config class in tensorpeft.nn, label). The label is the format's own
+# (``decomp.<Format>.label``, the format of the config's ``format_name``), never written here.
 FAMILIES = {
-    "lora": ("LoRAConfig", "LoRA"),
-    "tucker2": ("Tucker2Config", "Tucker-2 (LoTR)"),
-    "cp": ("CPConfig", "CP (LoRTA)"),
-    "tt": ("TensorTrainConfig", "TT (TT-LoRA)"),
-    "lora2": ("OrthogonalConfig", "LoRA² (orthogonal)"),
+    "lora": ("LoRAConfig", decomp.LoRA.label),
+    "tucker2": ("Tucker2Config", decomp.Tucker2.label),
+    "cp": ("CPConfig", decomp.CP.label),
+    "tt": ("TensorTrainConfig", decomp.TensorTrain.label),
+    "lora2": ("OrthogonalConfig", decomp.OrthogonalProjection.label),
 }
 DEFAULT_METHODS = (
     "head",
@@ -166,7 +170,6 @@ def _largest(model: nn.Module, config, budget: int):
     rank). At the formats' maximum (one more rank adds nothing or is refused by a stack) the smallest rank
     reaching it is returned. Returns None when rank 1 is over budget.
     """
-    from .. import decomp
     from ..decomp.validate import MAX_SIZE
 
     cls, stacks = _stacks_of(model, config)

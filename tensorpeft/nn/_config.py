@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import decomp
-from ..decomp.validate import check_at_most, check_fraction, check_positive_int, check_seed
+from ..decomp.validate import check_at_most, check_fraction, check_int_or_tuple, check_positive_int, check_seed
 from ._factories import PUBLIC_FORMATS, builtin_factory, check_trusted, factory_path, resolve_factory, trusted_factories
 from ._selector import module_selector
 
@@ -57,12 +57,10 @@ def _choice(value, choices: tuple[str, ...], name: str) -> str:
     return value
 
 
-def _int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
-    """A non-empty tuple of sizes (see :func:`_size`), of ``length`` entries if given."""
+def _int_tuple(value, name: str) -> tuple[int, ...]:
+    """A non-empty tuple of sizes (see :func:`_size`); an int rank or a tuple: ``check_int_or_tuple``."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise TypeError(f"`{name}` must be a sequence of positive integers, got {value!r}.")
-    if length is not None and len(value) != length:
-        raise ValueError(f"`{name}` must have {length} entries, got {len(value)}: {tuple(value)!r}.")
     if len(value) == 0:
         raise ValueError(f"`{name}` must not be empty.")
     return tuple(_size(v, f"{name}[{k}]") for k, v in enumerate(value))
@@ -306,10 +304,7 @@ class Tucker2Config(AdapterConfig):
     stack_by: str = "name"
 
     def _check_format_fields(self) -> None:
-        if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
-            self.rank = _size(self.rank, "rank")
-        else:
-            self.rank = _int_tuple(self.rank, "rank", length=2)
+        self.rank = check_int_or_tuple(self.rank, "rank", check=_size, length=2, expected="a pair (r_out, r_in)")
 
     @property
     def scaling(self) -> float:
@@ -409,10 +404,7 @@ class TensorTrainConfig(AdapterConfig):
     share_stack: bool = True
 
     def _check_format_fields(self) -> None:
-        if isinstance(self.rank, numbers.Integral) and not isinstance(self.rank, bool):
-            self.rank = _size(self.rank, "rank")
-        else:
-            self.rank = _int_tuple(self.rank, "rank")
+        self.rank = check_int_or_tuple(self.rank, "rank", check=_size, expected="a tuple of bond ranks")
         for name in ("in_modes", "out_modes"):
             if getattr(self, name) is not None:
                 setattr(self, name, _int_tuple(getattr(self, name), name))

@@ -170,17 +170,16 @@ class TensorPeftModel(nn.Module):
         )
 
     def orthogonality_loss(self) -> torch.Tensor:
-        """LoRA²'s regularizer: the sum of ``OrthogonalProjection.orthogonality_penalty`` over its stacks.
+        """LoRA²'s regularizer: the sum of every stack's ``format.regularizer`` terms.
 
-        Zero (a 0-d tensor) when no stack is an orthogonal projection. Multiply by the coefficient
-        (0.1 in LoRA²) and add it to the loss.
+        Only :class:`~tensorpeft.decomp.OrthogonalProjection` (LoRA²) has terms among the built-in
+        formats: its ``orthogonality_penalty``. Zero (a 0-d tensor) when no stack's format has any.
+        Multiply by the coefficient (0.1 in LoRA²) and add it to the loss.
         """
-        from .. import decomp
-
         total = None
         for stack in self.tensor_adapters.values():
-            if isinstance(stack.format, decomp.OrthogonalProjection):
-                terms = stack.format.orthogonality_penalty(stack.factors())
+            terms = stack.format.regularizer(stack.factors())
+            if terms:
                 value = sum(terms.values())
                 total = value if total is None else total + value
         if total is None:

@@ -7,12 +7,9 @@ from fractions import Fraction
 
 import torch
 
-from .. import decomp
 from ..decomp.validate import check_fraction, check_int_at_least
 
 __all__ = ["RankPruner"]
-
-_SCORED = ("lambda", "U2", "V2")
 
 
 def _peft_model(model):
@@ -42,7 +39,9 @@ class RankPruner:
     ----------
     model : TensorPeftModel
         A model with at least one LoRA² stack (``tp.LoRA2Config`` / ``OrthogonalConfig``), or a
-        ``DistributedDataParallel`` wrapping one (its ``.module``). Other stacks are left alone.
+        ``DistributedDataParallel`` wrapping one (its ``.module``). The pruner works on the stacks
+        whose format names its ``rank_components`` (:class:`~tensorpeft.decomp.TensorNetwork`; λ,
+        ``U2``, ``V2`` for LoRA²); other stacks are left alone.
     target_rank : int
         Average rank per adapted matrix at the end: the target budget is
         ``b_T = target_rank · num_matrices`` non-zero λ entries in total (AdaLoRA's ``target_r``).
@@ -162,16 +161,21 @@ class RankPruner:
         beta2: float = 0.85,
     ):
         peft = _peft_model(model)
-        stacks = {
-            name: stack
+        # the formats that name their rank components (decomp.TensorNetwork.rank_components): LoRA²'s
+        components = {
+            name: dict(stack.format.rank_components)
             for name, stack in peft.tensor_adapters.items()
-            if isinstance(stack.format, decomp.OrthogonalProjection)
+            if stack.format.rank_components
         }
+        stacks = {name: peft.tensor_adapters[name] for name in components}
         if not stacks:
             raise ValueError(
-                "`model` has no LoRA² (OrthogonalProjection) adapter to prune; build it with tp.LoRA2Config, "
+                "`model` has no LoRA² (OrthogonalProjection) adapter to prune (no stack whose format names "
+                "`rank_components`); build it with tp.LoRA2Config, "
                 f"got stacks of {sorted({type(s.format).__name__ for s in peft.tensor_adapters.values()})}."
             )
+        self._components = components
+        self._gates = {name: next(iter(c)) for name, c in components.items()}
         self.total_steps = check_int_at_least(total_steps, "total_steps", 1)
         self.warmup_steps = check_int_at_least(warmup_steps, "warmup_steps", 0)
         self.final_steps = check_int_at_least(final_steps, "final_steps", 1)
@@ -181,7 +185,7 @@ class RankPruner:
                 f"`warmup_steps` + `final_steps` = {self.warmup_steps} + {self.final_steps} must be less than "
                 f"`total_steps`={self.total_steps}: the budget needs at least one step to decrease."
             )
-        max_rank = min(s.format.rank for s in stacks.values())
+        max_rank = min(s.format.factor_shapes[self._gates[n]][-1] for n, s in stacks.items())
         initial = max_rank if initial_rank is None else check_int_at_least(initial_rank, "initial_rank", 1)
         if initial > max_rank:
             raise ValueError(
@@ -200,10 +204,14 @@ class RankPruner:
         self.initial_rank, self.target_rank = initial, target
         self.initial_budget = initial * self.num_matrices
         self.target_budget = target * self.num_matrices
-        self.masks = {name: torch.ones_like(getattr(s, "lambda"), dtype=torch.bool) for name, s in stacks.items()}
+        self.masks = {name: torch.ones_like(self._gate(name), dtype=torch.bool) for name in stacks}
         self._avg_ipt: dict[str, dict[str, torch.Tensor]] = {}
         self._avg_unc: dict[str, dict[str, torch.Tensor]] = {}
         self._final_done = False
+
+    def _gate(self, name: str) -> torch.Tensor:
+        """The gate factor of stack ``name`` (λ for LoRA²)."""
+        return getattr(self._stacks[name], self._gates[name])
 
     # ------------------------------------------------------------------ schedule
     def budget(self, step: int) -> int:
@@ -241,7 +249,7 @@ class RankPruner:
     @torch.no_grad()
     def _update_importance(self) -> None:
         params = {name: stack.factors() for name, stack in self._stacks.items()}
-        if all(params[n][f].grad is None for n in params for f in _SCORED):
+        if all(params[n][f].grad is None for n in params for f in self._components[n]):
             raise RuntimeError(
                 "RankPruner.update_and_allocate found no gradient on any λ, U2 or V2: call it after "
                 "loss.backward() and before optimizer.zero_grad()."
@@ -250,7 +258,7 @@ class RankPruner:
         for name, factors in params.items():
             ipt_avg = self._avg_ipt.setdefault(name, {})
             unc_avg = self._avg_unc.setdefault(name, {})
-            for f in _SCORED:
+            for f in self._components[name]:
                 p = factors[f]
                 ipt = (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
                 if f not in ipt_avg:
@@ -272,12 +280,17 @@ class RankPruner:
         See :class:`RankPruner`.
         """
         out = {}
-        for name, stack in self._stacks.items():
+        for name in self._stacks:
             if name not in self._avg_ipt:
-                out[name] = torch.zeros_like(getattr(stack, "lambda")).detach()
+                out[name] = torch.zeros_like(self._gate(name)).detach()
                 continue
-            s = {f: self._avg_ipt[name][f] * self._avg_unc[name][f] for f in _SCORED}
-            out[name] = s["lambda"] + s["U2"].mean(dim=-2) + s["V2"].mean(dim=-1)
+            gate = self._gates[name]
+            total = self._avg_ipt[name][gate] * self._avg_unc[name][gate]
+            for f, axis in self._components[name].items():
+                if f != gate:  # mean over the axis that is not the components' one
+                    s = self._avg_ipt[name][f] * self._avg_unc[name][f]
+                    total = total + s.mean(dim=-2 if axis == -1 else -1)
+            out[name] = total
         return out
 
     # ------------------------------------------------------------------ masking
@@ -310,8 +323,8 @@ class RankPruner:
         --------
         See :class:`RankPruner`.
         """
-        for name, stack in self._stacks.items():
-            lam = getattr(stack, "lambda")
+        for name in self._stacks:
+            lam = self._gate(name)
             pruned = ~self.masks[name]
             lam.masked_fill_(pruned, 0.0)
             if lam.grad is not None:
@@ -436,7 +449,7 @@ class RankPruner:
         """Copies of saved importances on the device of their stack's factors."""
         out = {}
         for k, v in value.items():
-            device = getattr(self._stacks[k], "lambda").device
+            device = self._gate(k).device
             out[k] = {f: t.detach().clone().to(device) for f, t in v.items()}
         return out
 
@@ -447,9 +460,10 @@ class RankPruner:
             if k not in self._stacks:
                 raise ValueError(f"`state[{key!r}]` has importances of unknown stack {k!r}.")
             shapes, dtype = self._stacks[k].format.factor_shapes, self._stacks[k].dtype
-            if not isinstance(v, dict) or set(v) != set(_SCORED):
-                raise ValueError(f"`state[{key!r}][{k!r}]` must be a dict of tensors {list(_SCORED)}, got {v!r}.")
-            for f in _SCORED:
+            scored = list(self._components[k])
+            if not isinstance(v, dict) or set(v) != set(scored):
+                raise ValueError(f"`state[{key!r}][{k!r}]` must be a dict of tensors {scored}, got {v!r}.")
+            for f in scored:
                 t = v[f]
                 if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != tuple(shapes[f]):
                     raise ValueError(

@@ -501,3 +501,63 @@ def test_retract_checks_keep_delta_and_works_in_half_precision():
         wide
     ).norm()
     assert delta < 0.05  # ΔW kept up to bf16 rounding
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "expected"),
+    [
+        (3, {}, 3),
+        (np.int64(3), {}, 3),
+        ([4, 2], {}, (4, 2)),
+        ((4, np.int32(2)), {"length": 2}, (4, 2)),
+        (2**40, {}, 2**40),
+    ],
+)
+def test_check_int_or_tuple_accepts_an_int_or_a_sequence(value, kwargs, expected):
+    from tensorpeft.decomp.validate import check_int_or_tuple
+
+    got = check_int_or_tuple(value, "rank", **kwargs)
+    assert got == expected and type(got) is type(expected)
+    assert all(type(r) is int for r in (got if isinstance(got, tuple) else (got,)))
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "exc", "pattern"),
+    [
+        (True, {}, TypeError, r"`rank` must be an int or a tuple of positive integers, got True"),
+        ("2", {}, TypeError, r"`rank`.*'2'"),
+        (np.array([2, 2]), {}, TypeError, r"`rank`"),
+        (2.0, {"expected": "a pair"}, TypeError, r"`rank` must be an int or a pair, got 2\.0"),
+        ((), {}, ValueError, r"`rank` must not be empty"),
+        ((1, 2, 3), {"length": 2}, ValueError, r"`rank` must have 2 entries, got 3: \(1, 2, 3\)"),
+        ((2, 0), {}, ValueError, r"`rank\[1\]` must be a positive integer, got 0"),
+        ((2, False), {}, TypeError, r"`rank\[1\]`.*False"),
+        ((2, 2**40), {"check": decomp.validate.check_size}, ValueError, r"`rank\[1\]` must be at most"),
+        (2**40, {"check": decomp.validate.check_size}, ValueError, r"`rank` must be at most"),
+    ],
+)
+def test_check_int_or_tuple_refuses_naming_the_argument(value, kwargs, exc, pattern):
+    from tensorpeft.decomp.validate import check_int_or_tuple
+
+    with pytest.raises(exc, match=pattern):
+        check_int_or_tuple(value, "rank", **kwargs)
+
+
+def test_every_int_or_tuple_rank_is_parsed_alike():
+    """The two formats and their configs share one parser: same entry names, same types, lists as tuples."""
+    import tensorpeft as tp
+
+    makers = [
+        lambda r: Tucker2((2,), 4, 6, rank=r).rank,
+        lambda r: TT((2,), 4, 6, rank=r, in_modes=(6,), out_modes=(4,)).rank,
+        lambda r: tp.Tucker2Config(rank=r, target_modules=["q"]).rank,
+        lambda r: tp.TensorTrainConfig(rank=r, target_modules=["q"]).rank,
+    ]
+    for make in makers:
+        assert make([2, 1]) == (2, 1)
+        with pytest.raises(TypeError, match=r"`rank\[1\]`.*1\.5"):
+            make([2, 1.5])
+        with pytest.raises(ValueError, match=r"`rank\[0\]`.*got -1"):
+            make((-1, 2))
+        with pytest.raises(TypeError, match=r"`rank`.*\{2\}"):
+            make({2})

@@ -135,3 +135,36 @@ def test_generic_lora_factors_keep_a_half_precision_dtype(backend, dtype):
     reference = fmt.to_dense(factors)[1]
     reference = reference.astype("float32") if backend == "numpy" else reference.float()
     np.testing.assert_allclose(np.asarray(product), np.asarray(reference), atol=0.05)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_regularizer_is_empty_but_for_the_orthogonal_penalty(name):
+    fmt = FORMATS[name]
+    factors = fmt.random(seed=1)
+    terms = fmt.regularizer(factors)
+    if name == "orthogonal":
+        expected = fmt.orthogonality_penalty(factors)
+        assert sorted(terms) == sorted(expected) == ["U1", "U2", "V1", "V2", "cross"]
+        assert all(np.allclose(terms[k], expected[k]) for k in terms) and sum(terms.values()) > 0
+    else:
+        assert terms == {}
+
+
+def test_regularizer_refuses_bad_factors_naming_them():
+    with pytest.raises(ValueError, match="factors"):
+        FORMATS["lora"].regularizer({"A": np.zeros((3, 2, 5))})
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_rank_components_name_factors_along_one_rank_axis(name):
+    fmt = FORMATS[name]
+    components = fmt.rank_components
+    if name != "orthogonal":
+        assert components is None
+        return
+    shapes, stack = fmt.factor_shapes, fmt.stack
+    gate = next(iter(components))
+    assert gate == "lambda" and shapes[gate] == (*stack, fmt.rank)
+    for factor, axis in components.items():
+        assert axis in (-1, -2) and shapes[factor][: len(stack)] == stack
+        assert shapes[factor][axis] == fmt.rank and len(shapes[factor]) - len(stack) in (1, 2)

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from tensorpeft import cli
-from tensorpeft.experiments import _budget, _compare
+from tensorpeft.experiments import _budget, _compare, _outputs
 
 HUGE = str(10**30)
 REAL_RUN_COMPARE = _compare.run_compare
@@ -279,7 +279,7 @@ def test_table_is_printed_before_a_failed_write(tmp_path, capsys, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_compare, "write_outputs", no_space)
+    monkeypatch.setattr(_outputs, "write_outputs", no_space)
     status, out, err = _run(["compare", "--methods", "head", "-o", str(tmp_path)], capsys)
     assert status == 1 and "No space left on device" in err
     _assert_one_line(err)
@@ -357,9 +357,9 @@ def test_write_outputs_replaces_nothing_when_the_plot_fails(tmp_path, monkeypatc
     def broken_plot(rows, path):
         raise RuntimeError("no plotting today")
 
-    monkeypatch.setattr(_compare, "_plot", broken_plot)
+    monkeypatch.setattr(_outputs, "_plot", broken_plot)
     with pytest.raises(RuntimeError, match="no plotting today"):
-        _compare.write_outputs([row], settings, tmp_path)
+        _outputs.write_outputs([row], settings, tmp_path)
     assert (tmp_path / "results.json").read_text() == "earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary file left
 
@@ -385,3 +385,16 @@ def test_checkpoint_without_weights_fails_before_training(tmp_path, capsys, monk
     assert status == 2 and "cannot be loaded" in err and "model.safetensors" in err
     _assert_one_line(err)
     assert not out_dir.exists()
+
+
+def test_write_outputs_writes_the_output_files_and_is_the_one_compare_exports(tmp_path):
+    import tensorpeft.experiments as experiments
+
+    assert experiments.write_outputs is _compare.write_outputs is _outputs.write_outputs
+    settings = _compare.CompareSettings(model_path="unused")
+    row = _compare.MethodRow("head", "head only", "-", 0, 770, 0, [0.75, 0.5], 0.1, 100.0)
+    paths = _outputs.write_outputs([row], settings, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(_outputs.OUTPUT_FILES)
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(paths["json"].read_text())
+    assert record["rows"][0]["accuracy"] == [0.75, 0.5] and record["settings"]["model_path"] == "unused"

@@ -211,3 +211,23 @@ def test_rank_for_budget_over_the_planned_stacks_matches_resolve_method(bert):
     stacks = [plan for plan, _ in plan_stacks(bert, Tucker2Config(rank=1, target_modules=["query", "value"]))]
     found = decomp.rank_for_budget(decomp.Tucker2, budget, stacks=stacks)
     assert (found.scale, found.num_params) == (config.rank, params)
+
+
+def test_family_labels_are_the_formats_own():
+    """FAMILIES writes no label: each is the ``label`` of the format its config builds."""
+    import tensorpeft as tp
+    from tensorpeft import decomp
+    from tensorpeft.experiments._methods import FAMILIES
+
+    labels = {}
+    for family, (config_name, label) in FAMILIES.items():
+        fmt = getattr(decomp, getattr(tp, config_name).format_name)
+        assert label == fmt.label, family
+        labels[family] = label
+    assert labels == {
+        "lora": "LoRA",
+        "tucker2": "Tucker-2 (LoTR)",
+        "cp": "CP (LoRTA)",
+        "tt": "TT (TT-LoRA)",
+        "lora2": "LoRA² (orthogonal)",
+    }

@@ -402,3 +402,20 @@ def test_get_peft_model_names_its_own_arguments():
         tp.get_peft_model(3, tp.LoRAConfig(target_modules=["0"]))
     with pytest.raises(TypeError, match=r"`config` must be an AdapterConfig"):
         tp.get_peft_model(_mlp(), {"rank": 2})
+
+
+class _PenalizedLoRA(tp.decomp.LoRA):
+    """A LoRA whose format asks for a squared-norm penalty on ``B``: orthogonality_loss must add it."""
+
+    def regularizer(self, factors):
+        return {"B": (factors["B"] ** 2).sum()}
+
+
+def test_orthogonality_loss_adds_every_format_regularizer(make_model, helpers):
+    cfg = tp.CustomConfig(factory=_PenalizedLoRA, rank=2, target_modules=["query"])
+    model = helpers.randomize(tp.get_peft_model(make_model("bert"), cfg))
+    expected = sum((stack.B**2).sum() for stack in model.tensor_adapters.values())
+    loss = model.orthogonality_loss()
+    assert expected.item() > 0 and torch.allclose(loss, expected)
+    loss.backward()
+    assert all(stack.B.grad.abs().sum() > 0 for stack in model.tensor_adapters.values())

@@ -1,4 +1,5 @@
 import itertools
+from typing import ClassVar
 
 import pytest
 import torch
@@ -198,3 +199,43 @@ def test_load_state_dict_of_float64_importances_into_float32_factors_is_refused(
     state["avg_ipt"] = {k: {f: t.double() for f, t in v.items()} for k, v in state["avg_ipt"].items()}
     with pytest.raises(ValueError, match=r"must be a torch.float32 tensor of shape"):
         pruner.load_state_dict(state)
+
+
+class _UnprunableLoRA2(tp.decomp.OrthogonalProjection):
+    """A LoRA² subclass that names no rank components: the pruner must leave it alone."""
+
+    rank_components = None
+
+
+class _GatedLoRA(tp.decomp.TensorNetwork):
+    """ΔW_s = B_s diag(g_s) A_s, a format that is no OrthogonalProjection but names its rank components."""
+
+    rank_components: ClassVar[dict[str, int]] = {"g": -1, "B": -1, "A": -2}
+
+    def __init__(self, stack, out_features, in_features, rank):
+        s = "abcdefgh"[: len(stack)]
+        sizes = {**dict(zip(s, stack, strict=True)), "o": out_features, "i": in_features, "r": rank}
+        super().__init__(
+            f"{s}or,{s}r,{s}ri->{s}oi", sizes, stack_indices=s, out_indices="o", in_indices="i",
+            factor_names=("B", "g", "A"),
+        )  # fmt: skip
+
+
+def test_the_pruner_asks_the_format_for_its_rank_components(make_model):
+    kw = {"target_rank": 1, "total_steps": 6, "warmup_steps": 0, "final_steps": 1, "interval": 1}
+    unprunable = tp.CustomConfig(factory=_UnprunableLoRA2, rank=2, target_modules=["query"])
+    with pytest.raises(ValueError, match="no LoRA²"):
+        RankPruner(tp.get_peft_model(make_model("bert"), unprunable), **kw)
+
+    gated = tp.CustomConfig(factory=_GatedLoRA, rank=3, target_modules=["query"])
+    model = tp.get_peft_model(make_model("bert"), gated)
+    pruner = RankPruner(model, **kw)
+    assert pruner.initial_rank == 3 and set(pruner.masks) == set(model.tensor_adapters)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(6):
+        fake_grads(model, gen)
+        rank = pruner.update_and_allocate(t)
+    assert rank == pruner.num_matrices  # target rank 1 per matrix
+    for name, stack in model.tensor_adapters.items():
+        assert bool((stack.g[~pruner.masks[name]] == 0).all()) and bool((stack.g[pruner.masks[name]] != 0).all())
+    assert sorted(pruner.state_dict()["avg_ipt"][next(iter(pruner.masks))]) == ["A", "B", "g"]
