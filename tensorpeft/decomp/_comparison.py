@@ -6,28 +6,12 @@ import dataclasses
 import math
 
 from .._table import render_table
-from ._cp import CP
-from ._lora import LoRA
 from ._network import TensorNetwork
-from ._orthogonal import OrthogonalProjection
 from ._ranks import BudgetError, check_budget, rank_for_budget
-from ._stacked import StackedFormat
-from ._tt import TensorTrain
-from ._tucker2 import Tucker2
+from ._stacked import builtin_formats
 from .validate import check_size, check_size_tuple
 
 __all__ = ["Comparison", "ComparisonRow", "compare"]
-
-
-#: The built-in formats in table order, with the name of the paper each one implements and the options
-#: of :func:`compare` that each one takes.
-BUILTIN_FORMATS: tuple[tuple[type[StackedFormat], str, tuple[str, ...]], ...] = (
-    (LoRA, "LoRA", ()),
-    (Tucker2, "LoTR", ()),
-    (CP, "LoRTA", ("heads",)),
-    (TensorTrain, "TT-LoRA", ("in_modes", "out_modes", "share_stack")),
-    (OrthogonalProjection, "LoRA²", ("inner",)),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +214,7 @@ def compare(
     options = {"heads": heads, "in_modes": in_modes, "out_modes": out_modes, "share_stack": share_stack, "inner": inner}
     dense = math.prod(stack) * out_features * in_features
     rows = []
-    for cls, alias, names in BUILTIN_FORMATS:
+    for cls, alias, names in builtin_formats():
         try:
             fmt = rank_for_budget(cls, budget, **common, **{n: options[n] for n in names})
         except BudgetError as err:

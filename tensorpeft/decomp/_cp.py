@@ -56,6 +56,8 @@ class CP(StackedFormat):
 
     #: The name of the format in tables (the ``compare`` and ``budget`` commands).
     label: ClassVar[str] = "CP (LoRTA)"
+    paper: ClassVar[str] = "LoRTA"
+    order: ClassVar[int] = 2
 
     def __init__(self, stack, out_features, in_features, rank, heads=None):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)

@@ -49,6 +49,8 @@ class LoRA(StackedFormat):
 
     #: The name of the format in tables (the ``compare`` and ``budget`` commands).
     label: ClassVar[str] = "LoRA"
+    paper: ClassVar[str] = "LoRA"
+    order: ClassVar[int] = 0
 
     def __init__(self, stack, out_features, in_features, rank):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)

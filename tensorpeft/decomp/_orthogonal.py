@@ -58,6 +58,8 @@ class OrthogonalProjection(StackedFormat):
 
     #: The name of the format in tables (the ``compare`` and ``budget`` commands).
     label: ClassVar[str] = "LoRA² (orthogonal)"
+    paper: ClassVar[str] = "LoRA²"
+    order: ClassVar[int] = 4
 
     #: λ gates the ``r`` singular directions; ``U2`` ``(k, r)`` and ``V2`` ``(r, k)`` carry them too.
     rank_components: ClassVar[dict[str, int] | None] = {"lambda": -1, "U2": -1, "V2": -2}

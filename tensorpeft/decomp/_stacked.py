@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import ClassVar
+
 from ._network import TensorNetwork
 from .validate import check_size, check_size_tuple
 
-__all__ = ["StackedFormat"]
+__all__ = ["StackedFormat", "builtin_formats"]
+
+_BUILTIN: list[type[StackedFormat]] = []
+
+
+def builtin_formats() -> tuple[tuple[type[StackedFormat], str, tuple[str, ...]], ...]:
+    """The built-in formats in table order: ``(class, paper's name, compare options)``.
+
+    A format of :mod:`tensorpeft.decomp` that sets ``paper`` registers itself (``__init_subclass__``);
+    ``order`` sorts the table; the options of :func:`~tensorpeft.decomp.compare` it takes are the
+    constructor arguments beyond ``stack``, ``out_features``, ``in_features`` and ``rank``.
+    """
+    out = []
+    for cls in sorted(_BUILTIN, key=lambda c: (c.order, c.__name__)):
+        params = inspect.signature(cls.__init__).parameters
+        options = tuple(n for n in params if n not in {"self", "stack", "out_features", "in_features", "rank"})
+        out.append((cls, cls.paper, options))
+    return tuple(out)
 
 
 class StackedFormat(TensorNetwork):
@@ -16,6 +36,15 @@ class StackedFormat(TensorNetwork):
     """
 
     _size_argument = "rank"
+    paper: ClassVar[str] = ""
+    """The name of the method in its paper (``"LoTR"``); set by the built-in formats, shown by ``compare``."""
+    order: ClassVar[int] = 100
+    """Position of a built-in format in tables (``compare``, the budget page)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.paper and cls.__module__.startswith("tensorpeft.decomp.") and "paper" in cls.__dict__:
+            _BUILTIN.append(cls)
 
     def _check_common(self, stack, out_features, in_features):
         """Stack sizes and feature sizes as Python ints in ``[1, 2**31]`` (at most 51 stack modes)."""

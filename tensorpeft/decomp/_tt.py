@@ -111,6 +111,8 @@ class TensorTrain(StackedFormat):
 
     #: The name of the format in tables (the ``compare`` and ``budget`` commands).
     label: ClassVar[str] = "TT (TT-LoRA)"
+    paper: ClassVar[str] = "TT-LoRA"
+    order: ClassVar[int] = 3
 
     def __init__(self, stack, out_features, in_features, rank, in_modes=None, out_modes=None, share_stack=True):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)

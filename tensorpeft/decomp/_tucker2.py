@@ -61,6 +61,8 @@ class Tucker2(StackedFormat):
 
     #: The name of the format in tables (the ``compare`` and ``budget`` commands).
     label: ClassVar[str] = "Tucker-2 (LoTR)"
+    paper: ClassVar[str] = "LoTR"
+    order: ClassVar[int] = 1
 
     def __init__(self, stack, out_features, in_features, rank):
         stack, out_features, in_features = self._check_common(stack, out_features, in_features)
