@@ -4,40 +4,40 @@
 imported on first access to one of its names, e.g. ``tp.get_peft_model``.
 """
 
-from . import decomp
-from ._version import __version__
+from . import _peft_hook
+from . import decomp as decomp
+from ._version import __version__ as __version__
 
-# Public names of tensorpeft.nn, resolved lazily (PEP 562) so that `import tensorpeft` needs no torch.
+_peft_hook.install()  # tensorpeft registers with PEFT as soon as peft is (or already was) imported
+
+# Public names of tensorpeft.nn, resolved lazily (PEP 562) so that `import tensorpeft` needs no torch. Every
+# config (a name ending in "Config", one per format, listed once in tensorpeft/nn/_config.py) is one too.
 _NN_NAMES = (
-    "AdapterConfig",
-    "CPConfig",
-    "CustomConfig",
     "ExportReport",
-    "LoRA2Config",
-    "LoRAConfig",
-    "LoRTAConfig",
-    "LoTRConfig",
-    "OrthogonalConfig",
     "RankPruner",
-    "TTLoRAConfig",
     "TensorPeftModel",
-    "TensorTrainConfig",
-    "Tucker2Config",
     "compress_low_rank",
     "get_peft_model",
 )
 
-__all__ = ["__version__", "decomp", "nn", *_NN_NAMES]
+
+def _nn():
+    import importlib
+
+    return importlib.import_module(".nn", __name__)
 
 
 def __getattr__(name: str):
-    if name == "nn" or name in _NN_NAMES:
-        import importlib
-
-        nn = importlib.import_module(".nn", __name__)
-        return nn if name == "nn" else getattr(nn, name)
+    if name == "nn":
+        return _nn()
+    if name in _NN_NAMES or (name.endswith("Config") and not name.startswith("_")):
+        nn = _nn()
+        if name in nn.__all__:
+            return getattr(nn, name)
+    if name == "__all__":  # computed on demand: the configs come from tensorpeft.nn
+        return ["__version__", "decomp", "nn", *_NN_NAMES, *_nn()._config_names]
     raise AttributeError(f"module 'tensorpeft' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted({*globals(), "__version__", "decomp", "nn", *_NN_NAMES})

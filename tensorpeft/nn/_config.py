@@ -1,26 +1,38 @@
-"""Adapter configurations: plain dataclasses, validated at construction, JSON round-trip.
+"""Adapter configurations: ``peft.PeftConfig`` dataclasses, validated at construction, JSON round-trip.
 
-One class per format of :mod:`tensorpeft.decomp`, with aliases named after the papers. A config only
+One class per format of :mod:`tensorpeft.decomp`, with aliases named after the papers, all of PEFT's
+method ``TENSORPEFT`` (see :mod:`._peft_registry`); the ``format`` field says which. A config only
 describes *what* to adapt and *how*; :func:`tensorpeft.get_peft_model` turns it, per stack of matched
 layers, into a format object via :meth:`AdapterConfig.build_format`.
+
+A config built from data (a file, :meth:`AdapterConfig.from_dict`, PEFT's ``PeftConfig.from_pretrained``)
+carries its ``peft_type``; a :class:`CustomConfig` built that way never imports its factory unless the
+caller trusted it (:func:`trusting`), whichever library parsed the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import enum
+import inspect
 import json
 import math
 import numbers
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from peft import PeftConfig
 
 from .. import decomp
 from ..decomp.validate import check_at_most, check_fraction, check_int_or_tuple, check_positive_int, check_seed
 from ._factories import PUBLIC_FORMATS, builtin_factory, check_trusted, factory_path, resolve_factory, trusted_factories
 from ._selector import module_selector
 
-__all__ = [
+__all__ = [  # the configs (with the papers' names): tensorpeft.nn and tensorpeft export exactly these
     "AdapterConfig",
     "CPConfig",
     "CustomConfig",
@@ -36,6 +48,22 @@ __all__ = [
 
 STACK_BY = ("name", "shape", "module")
 INITS = ("zero", "svd")
+# {format name: config class}, filled by AdapterConfig.__init_subclass__ as the classes are defined.
+_CONFIG_CLASSES: dict[str, type] = {}
+# The factory strings a config parsed from data may import (set by from_dict / from_pretrained only).
+_TRUSTED: contextvars.ContextVar[frozenset | bool] = contextvars.ContextVar("tensorpeft_trusted", default=frozenset())
+
+
+@contextlib.contextmanager
+def trusting(trusted):
+    """Within the block, configs built from data may import the factories in ``trusted`` (or any: True)."""
+    token = _TRUSTED.set(trusted if trusted is True else frozenset(trusted or ()))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
 # Bounds of the numeric fields, see the AdapterConfig docstring.
 MAX_SIZE = 2**31
 MAX_ALPHA = 1e6
@@ -66,6 +94,60 @@ def _int_tuple(value, name: str) -> tuple[int, ...]:
     return tuple(_size(v, f"{name}[{k}]") for k, v in enumerate(value))
 
 
+def _json_data(value, name: str, depth: int = 0):
+    """``value`` if it is plain JSON data (str, finite number, bool, None, lists, str-keyed dicts)."""
+    if depth > 32:
+        raise ValueError(f"`{name}` is nested too deeply.")
+    if value is None or isinstance(value, str | bool):
+        return value
+    if type(value) in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"`{name}` must hold finite numbers, got {value!r}.")
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_data(v, f"{name}[{k}]", depth + 1) for k, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _json_data(v, f"{name}[{k!r}]", depth + 1) for k, v in value.items()}
+    raise TypeError(
+        f"`{name}` must be JSON data (str, int, float, bool, None, list, dict), got {type(value).__name__}."
+    )
+
+
+def _check_peft_fields(config) -> None:
+    """PEFT's fields of a config, checked as ours are: each names itself when wrong."""
+    from peft.utils.peft_types import TaskType
+
+    task = config.task_type
+    if task is not None and (not isinstance(task, str) or task not in set(TaskType)):
+        raise ValueError(f"`task_type` must be None or one of {sorted(t.value for t in TaskType)}, got {task!r}.")
+    if task is not None:
+        config.task_type = TaskType(task).value
+    for name in ("peft_version", "base_model_name_or_path", "revision"):
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"`{name}` must be a str or None, got {value!r} ({type(value).__name__}).")
+    if not isinstance(config.inference_mode, bool):
+        raise TypeError(
+            f"`inference_mode` must be a bool, got {config.inference_mode!r} ({type(config.inference_mode).__name__})."
+        )
+    for name in ("auto_mapping", "tensorpeft"):
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"`{name}` must be a dict or None, got {type(value).__name__}.")
+        setattr(config, name, _json_data(value, name))
+
+
+def _names(value, name: str) -> list[str]:
+    """A list of module names (PEFT's ``modules_to_save``)."""
+    if isinstance(value, str) or not isinstance(value, Sequence | set):
+        raise TypeError(f"`{name}` must be a list of module names, got {value!r} ({type(value).__name__}).")
+    out = list(value)
+    for k, item in enumerate(out):
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"`{name}[{k}]` must be a non-empty module name, got {item!r}.")
+    return out
+
+
 def _alpha(value) -> float:
     """A finite real with ``|alpha| <= MAX_ALPHA``, as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -80,8 +162,8 @@ def _alpha(value) -> float:
 
 
 @dataclass(kw_only=True)
-class AdapterConfig:
-    """Fields shared by every adapter format (keyword-only).
+class AdapterConfig(PeftConfig):
+    """Fields shared by every adapter format (keyword-only); a ``peft.PeftConfig``.
 
     Parameters
     ----------
@@ -118,6 +200,32 @@ class AdapterConfig:
         the Frobenius norm it has under ``"zero"``. Either way ΔW starts at exactly zero.
     seed : int
         Seed of the initialization, in ``[0, 2**63 - 1]``; stack ``k`` uses ``(seed + k) mod 2**63``.
+    modules_to_save : list of str, optional
+        Modules trained in full and saved with the adapter (PEFT's field), e.g. ``["classifier"]``;
+        ``task_type="SEQ_CLS"`` adds ``classifier`` and ``score`` as in PEFT. They are never adapted.
+    task_type : str, optional
+        PEFT's task (``"SEQ_CLS"``, ``"CAUSAL_LM"``, ...): ``peft.get_peft_model`` then returns the task's
+        ``PeftModel`` subclass.
+    inference_mode : bool
+        PEFT's: the adapter is frozen (set when loading without ``is_trainable``).
+    base_model_name_or_path, revision : str, optional
+        PEFT's: the base model the adapter was trained on (filled by ``get_peft_model`` when known).
+    peft_type : str
+        Always ``"TENSORPEFT"`` (``peft.PeftType.TENSORPEFT``); a config built from data passes it.
+    peft_version : str, optional
+        PEFT's: the PEFT version that wrote the config (filled in).
+    auto_mapping : dict, optional
+        PEFT's hint for ``AutoPeftModel`` (the base model class), written by ``save_pretrained``.
+    format : str
+        The format's name (``"Tucker2"`` for :class:`Tucker2Config`), set by the class; written to JSON
+        so that a file says which class reads it.
+    tensorpeft : dict, optional
+        File metadata (version, stack plans, checksum) read back with a saved config; not compared.
+
+    Notes
+    -----
+    ``peft_type`` is always ``"TENSORPEFT"``: one PEFT method for every format, so adapters of
+    different formats can share a base model (``add_adapter``).
 
     Examples
     --------
@@ -132,7 +240,7 @@ class AdapterConfig:
     """
 
     format_name: ClassVar[str] = ""
-    target_modules: Any
+    target_modules: Any = None
     rank: Any = 8
     alpha: float = 8.0
     dropout: float = 0.0
@@ -140,10 +248,49 @@ class AdapterConfig:
     stack_by: str = "module"
     init: str = "zero"
     seed: int = 0
+    modules_to_save: Any = None
+    format: Any = None
+    tensorpeft: Any = field(default=None, compare=False, repr=False)  # file metadata, see _serialization
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = None  # not the base class's (see below): inspect reads the subclass's __init__
+        if "format_name" in cls.__dict__ and cls.format_name:
+            _CONFIG_CLASSES[cls.format_name] = cls  # a new format's config registers itself
+
+    def __new__(cls, *args, **kwargs):
+        # PEFT builds a config from JSON as ``AdapterConfig(**fields)`` (the class registered for the
+        # TENSORPEFT type): pick the concrete class from the ``format`` field.
+        if cls is AdapterConfig:
+            name = kwargs.get("format")
+            classes = _CONFIG_CLASSES
+            if name not in classes:
+                raise TypeError(
+                    "AdapterConfig is abstract; use LoRAConfig, Tucker2Config, CPConfig, ... or pass "
+                    f"`format`= one of {sorted(classes)} (got {name!r})."
+                )
+            cls = classes[name]
+        return super().__new__(cls)
 
     def __post_init__(self):
-        if type(self) is AdapterConfig:
-            raise TypeError("AdapterConfig is abstract; use LoRAConfig, Tucker2Config, CPConfig, ... instead.")
+        from ._peft_registry import peft_type_member
+
+        parsed = self.peft_type is not None  # built from data (a file): see CustomConfig
+        if self.peft_type is not None and (not isinstance(self.peft_type, str) or self.peft_type != "TENSORPEFT"):
+            raise ValueError(f"`peft_type` must be 'TENSORPEFT' for a tensorpeft config, got {self.peft_type!r}.")
+        self.peft_type = peft_type_member()
+        _check_peft_fields(self)
+        super().__post_init__()  # PEFT: peft_version
+        if self.format is not None and (not isinstance(self.format, str) or self.format != self.format_name):
+            raise ValueError(f"`format` of {type(self).__name__} must be {self.format_name!r}, got {self.format!r}.")
+        self.format = self.format_name
+        if self.target_modules is None:
+            raise TypeError(
+                f"{type(self).__name__} needs `target_modules` (a list of layer names, a regex, 'all-linear')."
+            )
+        if self.modules_to_save is not None:
+            self.modules_to_save = _names(self.modules_to_save, "modules_to_save")
+        self._parsed = parsed
         self.target_modules = module_selector(self.target_modules, "target_modules", allow_all_linear=True)
         if self.exclude_modules is not None:
             self.exclude_modules = module_selector(self.exclude_modules, "exclude_modules", allow_all_linear=False)
@@ -183,12 +330,61 @@ class AdapterConfig:
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict:
-        """JSON-safe dict with a ``"format"`` key naming the config class."""
-        out = {"format": self.format_name}
+        """JSON-safe dict of every field (PEFT's and ours); ``"format"`` names the config class."""
+        out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            if f.name == "tensorpeft" and value is None:
+                continue
+            if isinstance(value, tuple | set):
+                value = list(value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = value
         return out
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Write ``adapter_config.json`` into ``save_directory`` (PEFT calls this after the weights).
+
+        As PEFT's, plus what a load checks: the stack plans of the model it was saved from and the
+        SHA-256 of the ``adapter_model.safetensors`` already written beside it (see
+        :mod:`tensorpeft.nn._serialization`). Written atomically (a temporary file renamed).
+        """
+        from ._serialization import write_config
+
+        write_config(self, save_directory, auto_mapping=kwargs.get("auto_mapping_dict"))
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, subfolder=None, *, trust_custom_factories=False, **kwargs
+    ) -> AdapterConfig:
+        """Read a local adapter directory's config, strictly (PEFT calls this in ``PeftModel.from_pretrained``).
+
+        Parameters
+        ----------
+        pretrained_model_name_or_path : str or PathLike
+            A local directory (nothing is downloaded; hub arguments in ``kwargs`` are ignored).
+        subfolder : str, optional
+            A subdirectory of it (PEFT's multi-adapter layout).
+        trust_custom_factories : bool or list
+            As in :meth:`from_dict`.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :func:`tensorpeft.nn.load_adapter` for the config file.
+        """
+        from ._serialization import read_config
+
+        path = (
+            os.path.join(os.fspath(pretrained_model_name_or_path), subfolder)
+            if subfolder
+            else pretrained_model_name_or_path
+        )
+        config = read_config(path, trust_custom_factories)
+        if cls is not AdapterConfig and not isinstance(config, cls):
+            raise ValueError(f"{path} holds a {type(config).__name__}, not a {cls.__name__}.")
+        return config
 
     def to_json(self) -> str:
         """The config as a JSON string (see :meth:`from_json`)."""
@@ -222,8 +418,8 @@ class AdapterConfig:
         if not isinstance(data, dict):
             raise TypeError(f"`data` must be a dict, got {type(data).__name__}.")
         data = dict(data)
-        name = data.pop("format", None)
-        classes = {c.format_name: c for c in _CONFIG_CLASSES}
+        name = data.get("format", None)
+        classes = _CONFIG_CLASSES
         if name not in classes:
             raise ValueError(f"`data['format']` must be one of {sorted(classes)}, got {name!r}.")
         cls = classes[name]
@@ -235,7 +431,8 @@ class AdapterConfig:
             )
         if cls is CustomConfig:
             check_trusted(data.get("factory"), trusted)
-        return cls(**data)
+        with trusting(trusted):
+            return cls(**data)
 
     @staticmethod
     def from_json(text: str, *, trust_custom_factories: bool | Sequence = False) -> AdapterConfig:
@@ -257,6 +454,12 @@ class AdapterConfig:
         except ValueError as exc:
             raise ValueError(f"`text` is not valid JSON: {exc}.") from None
         return AdapterConfig.from_dict(data, trust_custom_factories=trust_custom_factories)
+
+
+# Documented signature of the base class: its fields (``__new__`` only picks the subclass for PEFT).
+AdapterConfig.__signature__ = inspect.signature(AdapterConfig.__init__).replace(
+    parameters=list(inspect.signature(AdapterConfig.__init__).parameters.values())[1:]
+)
 
 
 def _refuse_constant(name: str):
@@ -519,9 +722,12 @@ class CustomConfig(AdapterConfig):
 
     A string written in your own code is imported when the config is built: that is your choice. A
     config parsed from data (:meth:`AdapterConfig.from_dict`, :meth:`~AdapterConfig.from_json`,
-    :meth:`TensorPeftModel.from_pretrained`) is untrusted: a factory other than a built-in format is
-    refused, and nothing is imported, unless the caller passes ``trust_custom_factories=True`` or an
-    allow-list ``trust_custom_factories=[my_formats.fact_tk]``.
+    :meth:`TensorPeftModel.from_pretrained`, and PEFT's ``PeftConfig.from_pretrained`` /
+    ``PeftModel.from_pretrained``, recognized by the ``peft_type`` field every file has) is untrusted: a
+    factory other than a built-in format is refused, and nothing is imported, unless the caller passes
+    ``trust_custom_factories=True`` or an allow-list ``trust_custom_factories=[my_formats.fact_tk]``
+    (through PEFT: read the config with ``tp.AdapterConfig.from_pretrained(dir, trust_custom_factories=...)``
+    and pass it as ``PeftModel.from_pretrained(base, dir, config=config)``).
 
     Examples
     --------
@@ -551,6 +757,8 @@ class CustomConfig(AdapterConfig):
             if builtin is not None:
                 self.factory = f"{PUBLIC_FORMATS}:{builtin.__name__}"  # old files name a private module
             else:
+                if self._parsed:  # from data: import only what the caller trusted (see `trusting`)
+                    check_trusted(self.factory, _TRUSTED.get())
                 resolve_factory(self.factory)
         elif callable(self.factory):
             path = factory_path(self.factory)
@@ -578,8 +786,6 @@ class CustomConfig(AdapterConfig):
             )
         return fmt
 
-
-_CONFIG_CLASSES = (LoRAConfig, Tucker2Config, CPConfig, TensorTrainConfig, OrthogonalConfig, CustomConfig)
 
 # Names after the papers: the same classes, so configs and saved adapters are interchangeable.
 LoTRConfig = Tucker2Config

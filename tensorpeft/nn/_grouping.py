@@ -169,7 +169,20 @@ def check_not_adapted(model: nn.Module) -> None:
         raise ValueError("`model` already contains tensorpeft adapters; pass the plain base model.")
 
 
-def plan_stacks(model: nn.Module, config) -> list[tuple[StackPlan, object]]:
+def _plain_view(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``named_modules()`` with each :class:`AdapterLinear` shown as its base layer, its insides hidden."""
+    out, hidden = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(h + ".") for h in hidden):
+            continue
+        if isinstance(module, AdapterLinear):
+            hidden.append(name)
+            module = module.base_layer
+        out.append((name, module))
+    return out
+
+
+def plan_stacks(model: nn.Module, config, *, adapted_ok: bool = False) -> list[tuple[StackPlan, object]]:
     """Match, group and validate: the ``(plan, format)`` of every stack, in module order.
 
     What :class:`TensorPeftModel` would build on ``model``, computed without changing it: use it to count
@@ -182,6 +195,9 @@ def plan_stacks(model: nn.Module, config) -> list[tuple[StackPlan, object]]:
         The plain base model (not already adapted); left unchanged.
     config : AdapterConfig
         Which layers to adapt, how to stack them and with which format.
+    adapted_ok : bool
+        Plan another adapter on a model that already has some: adapted layers count as their base
+        layers (the tuner's ``add_adapter`` path). Default: an adapted model is an error.
 
     Returns
     -------
@@ -210,8 +226,12 @@ def plan_stacks(model: nn.Module, config) -> list[tuple[StackPlan, object]]:
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     if not isinstance(config, AdapterConfig):
         raise TypeError(f"`config` must be an AdapterConfig (e.g. Tucker2Config), got {type(config).__name__}.")
-    check_not_adapted(model)
-    targets = find_targets(model, config)
+    if adapted_ok:
+        named = _plain_view(model)
+    else:
+        check_not_adapted(model)
+        named = None
+    targets = find_targets(model, config, named)
     names_shapes = [(n, linear_shape(m)) for n, m in targets]
     shapes = dict(names_shapes)
     heads_info = model_heads(model)

@@ -14,7 +14,8 @@ Measured (2026-11-22, 1 thread, CPU time, medians of 30 interleaved rounds; 12 s
 ``F.linear(F.linear(x, A), B)``): LoRA kernel 0.84 (core ``apply`` 0.86); Tucker-2 kernel 0.79,
 with ``x·B`` shared by q, k, v 0.44 (the same with ``F.linear(v, A)`` for the output factor: 0.66),
 core 0.95; CP with heads 0.86, shared 0.48, core 0.95; LoRA² 0.88, core 0.88. Tensor trains and
-custom networks use ``format.apply`` (opt_einsum's order, cached per shape).
+custom networks use ``format.apply`` (opt_einsum's order, cached per shape); under ``torch.compile``
+one ``torch.einsum`` of the same network instead, which Dynamo traces (``docs/guide/compile.rst``).
 ``tests/nn/test_stack.py`` checks every kernel against ``format.apply``, and
 ``tests/nn/test_kernels_match_equation.py`` checks forward and every gradient against the format's
 equation (``format.to_dense``) in float64. This table is the only place in ``nn`` that knows formats by
@@ -23,6 +24,10 @@ class; everything else asks the format (``docs/guide/protocol.rst``).
 
 from __future__ import annotations
 
+import math
+import string
+
+import opt_einsum
 import torch
 import torch.nn.functional as F  # noqa: N812 - the universal torch alias
 
@@ -45,8 +50,60 @@ def _out(v, factor):
     return v @ factor.t().contiguous()
 
 
+_PLAN_TOKENS = 1024  # the token count a compiled contraction is planned for (any count runs it)
+
+
+@torch.compiler.assume_constant_result
+def _einsum_steps(equation: str, shapes: str) -> tuple:
+    """opt_einsum's pairwise steps ``((positions, equation), ...)``, a constant to Dynamo (not traced).
+
+    ``shapes`` is a string (``"4x5,5x6"``): Dynamo passes only plain constants to such a function.
+    """
+    dims = [tuple(int(n) for n in shape.split("x") if n) for shape in shapes.split(",")]  # "" is a scalar
+    _, info = opt_einsum.contract_path(equation, *dims, shapes=True)
+    return tuple((tuple(step[0]), step[2]) for step in info.contraction_list)
+
+
+def _einsum_apply(fmt, f, x, index):
+    """``fmt.apply(f, x, index)`` as pairwise ``torch.einsum`` steps of the sliced network, for ``torch.compile``.
+
+    The core's ``apply`` plans its contraction with ``opt_einsum`` (heaps, ``lru_cache``), which Dynamo
+    cannot trace, and a path searched on the traced sizes would guard on the token count (a recompile
+    per sequence length). Here the equation is built from the format's public indices, and the steps are
+    planned for ``_PLAN_TOKENS`` tokens, outside the trace. ``None`` if the network needs more than 52
+    letters (the caller then falls back to ``apply``).
+    """
+    at = dict(zip(fmt.stack_indices, index, strict=True))
+    terms, arrays = [], []
+    for name in fmt.factor_names:
+        term, array = fmt.factor_indices[name], f[name]
+        if any(c in at for c in term):
+            array = array[tuple(at.get(c, slice(None)) for c in term)]
+            term = "".join(c for c in term if c not in at)
+        terms.append(term)
+        arrays.append(array)
+    used = dict.fromkeys("".join(terms) + fmt.in_indices + fmt.out_indices)
+    if len(used) >= len(string.ascii_letters):
+        return None
+    letter = dict(zip(used, string.ascii_letters, strict=False))
+    batch = string.ascii_letters[len(used)]
+    rename = lambda term: "".join(letter[c] for c in term)  # noqa: E731
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(math.prod(lead), *[fmt.sizes[c] for c in fmt.in_indices])
+    equation = ",".join([*map(rename, terms), batch + rename(fmt.in_indices)]) + "->" + batch + rename(fmt.out_indices)
+    shapes = [[fmt.sizes[c] for c in term] for term in terms] + [
+        [_PLAN_TOKENS] + [fmt.sizes[c] for c in fmt.in_indices]
+    ]
+    operands = [*arrays, x2]
+    for positions, step in _einsum_steps(equation, ",".join("x".join(map(str, shape)) for shape in shapes)):
+        args = [operands.pop(p) for p in positions]
+        operands.append(torch.einsum(step, *args))
+    out_features = math.prod([fmt.sizes[c] for c in fmt.out_indices])  # Dynamo can't trace prod(generator)
+    return operands[0].reshape(*lead, out_features)
+
+
 class GenericKernel:
-    """Any :class:`~tensorpeft.decomp.TensorNetwork`: the core's ``apply``."""
+    """Any :class:`~tensorpeft.decomp.TensorNetwork`: the core's ``apply`` (one ``torch.einsum`` when compiled)."""
 
     shared_inputs: tuple[str, ...] = ()
 
@@ -56,7 +113,9 @@ class GenericKernel:
 
     def finish(self, fmt, f, u, index, scale):
         """``scale · format.apply``."""
-        y = fmt.apply(f, u, index)
+        y = _einsum_apply(fmt, f, u, index) if torch.compiler.is_compiling() else None
+        if y is None:
+            y = fmt.apply(f, u, index)
         return y * scale if scale != 1.0 else y
 
 

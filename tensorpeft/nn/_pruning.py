@@ -13,17 +13,10 @@ __all__ = ["RankPruner"]
 
 
 def _peft_model(model):
-    """The :class:`TensorPeftModel` inside ``model`` (DDP/FSDP-style wrappers expose it as ``.module``)."""
-    from ._model import TensorPeftModel
+    """The :class:`TensorPeftModel` inside ``model`` (a PeftModel, or DDP/FSDP-style wrappers of one)."""
+    from ._model import tuner_of
 
-    seen = model
-    for _ in range(8):
-        if isinstance(seen, TensorPeftModel):
-            return seen
-        seen = getattr(seen, "module", None)
-    raise TypeError(
-        f"`model` must be a TensorPeftModel (or a DistributedDataParallel wrapping one), got {type(model).__name__}."
-    )
+    return tuner_of(model)
 
 
 class RankPruner:
@@ -37,11 +30,12 @@ class RankPruner:
 
     Parameters
     ----------
-    model : TensorPeftModel
-        A model with at least one LoRA² stack (``tp.LoRA2Config`` / ``OrthogonalConfig``), or a
-        ``DistributedDataParallel`` wrapping one (its ``.module``). The pruner works on the stacks
-        whose format names its ``rank_components`` (:class:`~tensorpeft.decomp.TensorNetwork`; λ,
-        ``U2``, ``V2`` for LoRA²); other stacks are left alone.
+    model : peft.PeftModel or TensorPeftModel
+        A model with at least one LoRA² stack (``tp.LoRA2Config`` / ``OrthogonalConfig``): what
+        :func:`~tensorpeft.get_peft_model` returns, its tuner, or a ``DistributedDataParallel``
+        wrapping either (its ``.module``). The pruner works on the stacks of the adapter active when it
+        is built whose format names its ``rank_components`` (:class:`~tensorpeft.decomp.TensorNetwork`;
+        λ, ``U2``, ``V2`` for LoRA²); other stacks, and other adapters, are left alone.
     target_rank : int
         Average rank per adapted matrix at the end: the target budget is
         ``b_T = target_rank · num_matrices`` non-zero λ entries in total (AdaLoRA's ``target_r``).
@@ -66,6 +60,9 @@ class RankPruner:
     Attributes
     ----------
     model : TensorPeftModel
+        The tuner of ``model`` (``model.base_model`` of a ``peft.PeftModel``).
+    adapter_name : str
+        The adapter whose LoRA² stacks are pruned (the active one when the pruner was built).
     num_matrices : int
         Number of adapted matrices (LoRA² slices) in the model.
     initial_budget, target_budget : int
@@ -76,7 +73,7 @@ class RankPruner:
     Raises
     ------
     TypeError
-        If ``model`` is not a TensorPeftModel, or an argument has the wrong type.
+        If ``model`` holds no TensorPeftModel, or an argument has the wrong type.
     ValueError
         If ``model`` has no LoRA² stack, or the schedule is inconsistent (the message names the argument).
 
@@ -199,6 +196,8 @@ class RankPruner:
         self.beta2 = check_fraction(beta2, "beta2")
 
         self.model = peft
+        self.adapter_name = peft._active_name  # the adapter of peft.tensor_adapters
+        self._plans = list(peft.plans)  # this adapter's, even after a set_adapter
         self._stacks = stacks
         self.num_matrices = sum(s.format.num_slices for s in stacks.values())
         self.initial_rank, self.target_rank = initial, target
@@ -391,7 +390,7 @@ class RankPruner:
         See :class:`RankPruner`.
         """
         out = {}
-        for plan in self.model.plans:
+        for plan in self._plans:
             if plan.name in self._stacks:
                 for module, index in plan.members:
                     out[module] = int(self.masks[plan.name][index].sum())

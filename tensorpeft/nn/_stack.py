@@ -57,7 +57,8 @@ class AdapterStack(nn.Module):
     to it, as PEFT casts to ``lora_A``'s dtype). While :meth:`sharing` is on, the slice-independent
     projection of a format (``x·B`` for Tucker-2, ``x·in`` for CP) is computed once per input tensor
     and reused by the other slices that read the very same tensor (q, k and v of one layer); the cache
-    is keyed by the tensor's identity and version counters and emptied when sharing ends.
+    is keyed by the tensor's identity and version counters and emptied when sharing ends. Under
+    ``torch.compile`` the cache is bypassed, so it causes no graph break (``docs/guide/compile.rst``).
 
     Examples
     --------
@@ -95,7 +96,9 @@ class AdapterStack(nn.Module):
 
     def _project(self, x, f):
         kernel = self._kernel
-        if not (self._sharing and kernel.shared_inputs) or x.is_inference():
+        # Under torch.compile the cache is bypassed (weakrefs, ``_version`` and ``is_inference`` break
+        # the graph); the compiler sees the same ``x·B`` in q, k and v and computes it once itself.
+        if torch.compiler.is_compiling() or not (self._sharing and kernel.shared_inputs) or x.is_inference():
             return kernel.project(self.format, f, x.to(self.dtype))
         key = (
             x._version,

@@ -34,12 +34,15 @@ def _output_embedding(model: nn.Module):
     return None
 
 
-def find_targets(model: nn.Module, config) -> list[tuple[str, nn.Module]]:
+def find_targets(model: nn.Module, config, named=None) -> list[tuple[str, nn.Module]]:
     """The ``(name, layer)`` pairs of ``model`` that ``config`` adapts, in module order.
 
     ``config`` is anything with ``target_modules`` and ``exclude_modules`` (an :class:`AdapterConfig`, a
     :class:`ModuleSelector`), already normalized. Whether ``model`` is already adapted is checked by the
     callers (:func:`check_not_adapted`), which know the wrapper class; this module knows only plain layers.
+    ``named`` replaces ``model.named_modules()`` (the planner passes a view where adapted layers appear
+    as their base layers, to add a second adapter). Modules named in ``config.modules_to_save`` (and
+    everything inside them) are never targets, as in PEFT.
 
     Raises
     ------
@@ -47,7 +50,10 @@ def find_targets(model: nn.Module, config) -> list[tuple[str, nn.Module]]:
         If a ``target_modules`` entry matches nothing (the message lists the linear layers that exist),
         matches a module that is not a linear layer, or nothing is left after ``exclude_modules``.
     """
-    named = [(n, m) for n, m in model.named_modules() if n]
+    named = [(n, m) for n, m in (model.named_modules() if named is None else named) if n]
+    saved = getattr(config, "modules_to_save", None) or ()
+    if saved:
+        named = [(n, m) for n, m in named if not any(s in n.split(".") or _matches((s,), n) for s in saved)]
     linear_names = [n for n, m in named if is_adaptable(m)]
     selector = config.target_modules
     if selector == ALL_LINEAR:

@@ -157,6 +157,14 @@ def adapted_model():
     return tp.get_peft_model(Planted(), tp.LoRAConfig(rank=2, target_modules=["a"]))
 
 
+def adapted_base_model():
+    return adapted_model().get_base_model()  # the user's model, adapted in place
+
+
+def adapted_tuner():
+    return tp.nn.TensorPeftModel(Planted(), tp.LoRAConfig(rank=2, target_modules=["a"]))
+
+
 @pytest.mark.parametrize(
     ("make", "kwargs", "error", "match"),
     [
@@ -171,6 +179,8 @@ def adapted_model():
         (shared_layer_model, {}, ValueError, "under several names \\['0', '2'\\]"),
         (nan_model, {}, ValueError, "weight of 'c' contains NaN"),
         (adapted_model, {}, ValueError, "already contains tensorpeft adapters"),
+        (adapted_base_model, {}, ValueError, "already contains tensorpeft adapters"),
+        (adapted_tuner, {}, ValueError, "already contains tensorpeft adapters"),
     ],
 )
 def test_bad_inputs_leave_the_model_untouched(make, kwargs, error, match):

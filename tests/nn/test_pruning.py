@@ -136,8 +136,10 @@ def test_state_dict_round_trip(make_model):
 def test_bad_arguments(make_model):
     model = lora2_bert(make_model)
     kw = {"target_rank": 2, "total_steps": 10, "warmup_steps": 2, "final_steps": 2, "interval": 1}
-    with pytest.raises(TypeError, match="`model` must be a TensorPeftModel"):
+    with pytest.raises(TypeError, match=r"`model` must be a peft.PeftModel of a tensorpeft adapter .* got Linear"):
         RankPruner(torch.nn.Linear(2, 2), **kw)
+    with pytest.raises(TypeError, match=r"`model` must be a peft.PeftModel .* got BertModel"):
+        RankPruner(model.get_base_model(), **kw)  # the adapted torch model is not the tuner
     tucker = tp.get_peft_model(make_model("bert"), tp.Tucker2Config(rank=2, target_modules=["query"]))
     with pytest.raises(ValueError, match="no LoRA²"):
         RankPruner(tucker, **kw)
@@ -239,3 +241,28 @@ def test_the_pruner_asks_the_format_for_its_rank_components(make_model):
     for name, stack in model.tensor_adapters.items():
         assert bool((stack.g[~pruner.masks[name]] == 0).all()) and bool((stack.g[pruner.masks[name]] != 0).all())
     assert sorted(pruner.state_dict()["avg_ipt"][next(iter(pruner.masks))]) == ["A", "B", "g"]
+
+
+def test_the_pruner_takes_the_peft_model_or_its_tuner_and_prunes_the_active_adapter_only(make_model):
+    kw = {"target_rank": 1, "total_steps": 4, "warmup_steps": 0, "final_steps": 1, "interval": 1}
+    model = lora2_bert(make_model, rank=2)
+    assert RankPruner(model.base_model, **kw).model is model.base_model
+    model.add_adapter("other", tp.LoRA2Config(rank=3, target_modules=["key"]))
+    other = model.base_model.tensorpeft_stacks["other"]
+    with torch.no_grad():
+        for stack in other.values():
+            getattr(stack, "lambda").fill_(1.0)
+    untouched = {k: v.clone() for k, v in other.state_dict().items()}
+    pruner = RankPruner(model, **kw)
+    assert pruner.model is model.base_model and pruner.adapter_name == "default"
+    assert set(pruner.masks) == set(model.base_model.tensorpeft_stacks["default"])
+    gen = torch.Generator().manual_seed(0)
+    for t in range(4):
+        fake_grads(model, gen)
+        pruner.update_and_allocate(t)
+    pattern = pruner.rank_pattern()
+    assert sorted(pattern) == sorted(n for n, _ in model.adapter_layers() if n.endswith(("query", "value")))
+    assert sum(pattern.values()) == pruner.total_rank == pruner.target_budget == 4
+    assert all(torch.equal(v, untouched[k]) for k, v in other.state_dict().items())  # never touched
+    model.set_adapter("other")
+    assert pruner.rank_pattern() == pattern  # still the pruned adapter's layers

@@ -66,9 +66,23 @@ def test_rank_exceeding_a_layer_dimension_names_the_stack(make_model):
 
 def test_adapting_twice_is_an_error(make_model):
     model = make_model("bert")
-    tp.get_peft_model(model, tp.LoRAConfig(rank=2, target_modules=["query"]))
+    peft_model = tp.get_peft_model(model, tp.LoRAConfig(rank=2, target_modules=["query"]))
     with pytest.raises(ValueError, match="already contains tensorpeft adapters"):
         tp.get_peft_model(model, tp.LoRAConfig(rank=2, target_modules=["value"]))
+    with pytest.raises(ValueError, match="already contains tensorpeft adapters"):
+        tp.get_peft_model(peft_model, tp.LoRAConfig(rank=2, target_modules=["value"]))
+    assert "add_adapter" in dir(peft_model)  # the way to a second adapter on the same base
+
+
+@pytest.mark.parametrize("what", ["adapted model", "peft model", "tuner"])
+def test_the_bare_tuner_refuses_an_adapted_model_too(make_model, what):
+    model = make_model("bert")
+    peft_model = tp.get_peft_model(model, tp.LoRAConfig(rank=2, target_modules=["query"]))
+    target = {"adapted model": model, "peft model": peft_model, "tuner": peft_model.base_model}[what]
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    with pytest.raises(ValueError, match="already contains tensorpeft adapters"):
+        tp.nn.TensorPeftModel(target, tp.LoRAConfig(rank=2, target_modules=["value"]))
+    assert [(n, type(m)) for n, m in model.named_modules()] == before
 
 
 def test_stack_by_name_groups_across_layers(make_model):
