@@ -5,14 +5,15 @@ which format; matched layers are grouped into stacks that share factors; each st
 :class:`AdapterStack` owning the factor parameters; each adapted layer becomes an
 :class:`AdapterLinear` that adds its slice of the stack's update, applied factored.
 
-Files, one concern each: ``_config`` (configs), ``_selector`` (the ``target_modules`` /
-``exclude_modules`` arguments), ``_factories`` (a custom config's factory: saved name, import, trust),
-``_linear`` (plain linear layers: which adapt, shape, weight), ``_targets`` (matching), ``_grouping``
-(stacks and their plans), ``_init`` (zero / SVD initialization), ``_kernels`` (factored forward per
-format), ``_stack``, ``_layer`` (PEFT's tuner layer), ``_model`` (PEFT's tuner), ``_peft_registry`` (the
-``PeftType.TENSORPEFT`` member and ``register_peft_method``), ``_serialization`` (save/load, on the
-root's ``_safe_io``: bounded reads, atomic writes), ``_export`` (PEFT LoRA export), ``_pruning`` (LoRA²'s rank pruner),
-``_compress`` (WeLore compression).
+Files, one concern each: ``_config`` (configs), ``_fields`` (checks of config fields),
+``_selector`` (the ``target_modules`` / ``exclude_modules`` arguments), ``_factories`` (a custom
+config's factory: saved name, import, trust), ``_linear`` (plain linear layers: which adapt, shape,
+weight), ``_targets`` (matching), ``_grouping`` (stacks and their plans), ``_init`` (zero / SVD
+initialization), ``_kernels`` (factored forward per format), ``_stack``, ``_layer`` (PEFT's tuner
+layer), ``_model`` (PEFT's tuner), ``_peft_registry`` (the ``PeftType.TENSORPEFT`` member and
+``register_peft_method``), ``_serialization`` (save/load, on the root's ``_safe_io``: bounded reads,
+atomic writes), ``_export`` (servable LoRA export), ``_pruning`` (LoRA²'s rank pruner), ``_compress``
+(WeLore compression).
 """
 
 from ._compress import LowRankLinear, compress_low_rank

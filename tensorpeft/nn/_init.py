@@ -1,13 +1,27 @@
-"""Initial factors of a stack: the format's own init, or one fitted to the pretrained weights."""
+"""Initial factors of a stack: the format's own init, one fitted to the pretrained weights, or given ones.
+
+Also the memory check that runs before any of them is allocated.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..decomp.validate import check_allocation
 from ._linear import dense_weight
 
-__all__ = ["adapter_dtype", "initial_factors", "pretrained_stack"]
+__all__ = [
+    "adapter_dtype",
+    "check_memory",
+    "given_factors",
+    "initial_factors",
+    "pretrained_stack",
+    "stack_initial_factors",
+]
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -56,3 +70,59 @@ def initial_factors(fmt, init: str, seed: int, dtype, device, weights: torch.Ten
         norm, target = torch.linalg.vector_norm(f), torch.linalg.vector_norm(t.to(torch.float64))
         out[name] = (f * (target / norm) if norm > 0 else t.to(torch.float64)).to(dtype)
     return {n: t.to(device) for n, t in out.items()}
+
+
+def given_factors(factors: Mapping, name: str, names: list[str]) -> dict:
+    """The factors of stack ``name`` from the ``factors`` argument, checked to be a dict of tensors."""
+    extra = sorted(str(n) for n in factors if n not in names)
+    if extra:
+        raise ValueError(f"`factors` has entries {extra} for no stack of this model; expected {names}.")
+    if name not in factors:
+        raise ValueError(f"`factors` has no entry for stack {name!r}; expected {names}.")
+    entry = factors[name]
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"`factors[{name!r}]` must be a dict of tensors, got {type(entry).__name__}.")
+    for key, value in entry.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"`factors[{name!r}][{key!r}]` must be a torch.Tensor, got {type(value).__name__}.")
+    return dict(entry)
+
+
+def stack_initial_factors(layers, fmt, config, seed: int) -> dict:
+    """``config.init``'s factors of one stack, on its weights' device (SVD needs finite weights)."""
+    weight = layers[0][0].weight
+    dtype = adapter_dtype(weight)
+    dense = None
+    if config.init == "svd":
+        dense = pretrained_stack(layers, fmt.shape, dtype)
+        if not bool(torch.isfinite(dense).all()):
+            raise ValueError(
+                f"`init`='svd' needs finite pretrained weights, but a layer like {layers[0][0]!r} holds NaN or "
+                "infinite values; use `init`='zero'."
+            )
+    return initial_factors(fmt, config.init, seed, dtype, weight.device, dense)
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Free bytes of a CUDA device (``torch.cuda.mem_get_info``); ``None`` (host memory) otherwise."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def check_memory(planned, modules: dict, config) -> None:
+    """Refuse, before any allocation, stacks whose factors (and SVD inputs) exceed their device's memory.
+
+    Summed over all stacks per device, at the largest adapter itemsize of that device (an upper bound).
+    """
+    needed: dict[torch.device, list[int]] = {}
+    for plan, fmt in planned:
+        weight = modules[plan.members[0][0]].weight
+        if weight.device.type == "meta":
+            continue
+        n = fmt.num_params + (math.prod(fmt.shape) if config.init == "svd" else 0)
+        entry = needed.setdefault(weight.device, [0, 1])
+        entry[0] += n
+        entry[1] = max(entry[1], adapter_dtype(weight).itemsize)
+    for device, (n_scalars, itemsize) in needed.items():
+        check_allocation(n_scalars, itemsize, "rank", available=_device_memory(device))

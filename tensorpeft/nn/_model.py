@@ -16,7 +16,6 @@ passed.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,10 +25,9 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import set_additional_trainable_modules
 from torch import nn
 
-from ..decomp.validate import check_allocation
 from ._config import AdapterConfig
 from ._grouping import StackPlan, plan_stacks
-from ._init import adapter_dtype, initial_factors, pretrained_stack
+from ._init import check_memory, given_factors, stack_initial_factors
 from ._layer import BASE, AdapterLinear
 from ._linear import parent_module
 from ._peft_registry import PEFT_PREFIX
@@ -182,14 +180,14 @@ class TensorPeftModel(BaseTuner):
 
             factors = read_factors(source, planned, model)
         modules = _plain_modules(model)
-        _check_memory(planned, modules, config)
+        check_memory(planned, modules, config)
         stacks = {}
         for k, (plan, fmt) in enumerate(planned):
             layers = [(modules[n], index) for n, index in plan.members]
             if factors is None:
-                init = _initial_factors(layers, fmt, config, (config.seed + k) % 2**63)  # seeds stay in [0, 2**63)
+                init = stack_initial_factors(layers, fmt, config, (config.seed + k) % 2**63)  # seeds stay in [0, 2**63)
             else:
-                init = _given_factors(factors, plan.name, [p.name for p, _ in planned])
+                init = given_factors(factors, plan.name, [p.name for p, _ in planned])
             stacks[plan.name] = AdapterStack(fmt, config.scaling, init)  # validates names and shapes
         for attr in ("_tp_planned", "_tp_factors", "_tp_source"):
             config.__dict__.pop(attr, None)
@@ -462,8 +460,18 @@ class TensorPeftModel(BaseTuner):
     # ------------------------------------------------------------------ PEFT state dict
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """The adapter's factors for PEFT's ``save_pretrained``; NaN/inf or unloadable dtypes refused first.
+
+        PEFT writes the file right after this returns, so a factor no loader would accept raises here,
+        before anything is written.
+        """
+        from ._serialization import check_factor
+
         marker = f"{STACKS}.{adapter_name}."
-        return {k: v for k, v in state_dict.items() if k.startswith(marker) or f".{marker}" in k}
+        out = {k: v for k, v in state_dict.items() if k.startswith(marker) or f".{marker}" in k}
+        for key, value in out.items():
+            check_factor(key.split(marker, 1)[1], value.detach(), "the model")
+        return out
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -594,62 +602,6 @@ def _plain_modules(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(module, AdapterLinear):
             modules[name] = module.base_layer
     return modules
-
-
-def _given_factors(factors: Mapping, name: str, names: list[str]) -> dict:
-    """The factors of stack ``name`` from the ``factors`` argument, checked to be a dict of tensors."""
-    extra = sorted(str(n) for n in factors if n not in names)
-    if extra:
-        raise ValueError(f"`factors` has entries {extra} for no stack of this model; expected {names}.")
-    if name not in factors:
-        raise ValueError(f"`factors` has no entry for stack {name!r}; expected {names}.")
-    entry = factors[name]
-    if not isinstance(entry, Mapping):
-        raise TypeError(f"`factors[{name!r}]` must be a dict of tensors, got {type(entry).__name__}.")
-    for key, value in entry.items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"`factors[{name!r}][{key!r}]` must be a torch.Tensor, got {type(value).__name__}.")
-    return dict(entry)
-
-
-def _initial_factors(layers, fmt, config: AdapterConfig, seed: int) -> dict:
-    """``config.init``'s factors of one stack, on its weights' device (SVD needs finite weights)."""
-    weight = layers[0][0].weight
-    dtype = adapter_dtype(weight)
-    dense = None
-    if config.init == "svd":
-        dense = pretrained_stack(layers, fmt.shape, dtype)
-        if not bool(torch.isfinite(dense).all()):
-            raise ValueError(
-                f"`init`='svd' needs finite pretrained weights, but a layer like {layers[0][0]!r} holds NaN or "
-                "infinite values; use `init`='zero'."
-            )
-    return initial_factors(fmt, config.init, seed, dtype, weight.device, dense)
-
-
-def _device_memory(device: torch.device) -> int | None:
-    """Free bytes of a CUDA device (``torch.cuda.mem_get_info``); ``None`` (host memory) otherwise."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return None
-
-
-def _check_memory(planned, modules: dict, config: AdapterConfig) -> None:
-    """Refuse, before any allocation, stacks whose factors (and SVD inputs) exceed their device's memory.
-
-    Summed over all stacks per device, at the largest adapter itemsize of that device (an upper bound).
-    """
-    needed: dict[torch.device, list[int]] = {}
-    for plan, fmt in planned:
-        weight = modules[plan.members[0][0]].weight
-        if weight.device.type == "meta":
-            continue
-        n = fmt.num_params + (math.prod(fmt.shape) if config.init == "svd" else 0)
-        entry = needed.setdefault(weight.device, [0, 1])
-        entry[0] += n
-        entry[1] = max(entry[1], adapter_dtype(weight).itemsize)
-    for device, (n_scalars, itemsize) in needed.items():
-        check_allocation(n_scalars, itemsize, "rank", available=_device_memory(device))
 
 
 def get_peft_model(model: nn.Module, config: AdapterConfig, adapter_name: str = "default", **kwargs):

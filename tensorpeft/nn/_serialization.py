@@ -95,7 +95,7 @@ def check_directory_path(path) -> Path:
     return directory
 
 
-def _check_factor(key: str, tensor: torch.Tensor, where: str) -> None:
+def check_factor(key: str, tensor: torch.Tensor, where: str) -> None:
     """Refuse dtypes the forward cannot run and non-finite values (``where`` names the file or model)."""
     if tensor.dtype not in LOADABLE_DTYPES:
         raise ValueError(
@@ -213,7 +213,7 @@ def save_adapter(model, path, adapter_name: str | None = None) -> None:
         )
     tensors = adapter_tensors(model, name)
     for key, tensor in tensors.items():
-        _check_factor(key, tensor, "the model")
+        check_factor(key, tensor, "the model")
     config = tuner.peft_config[name]
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(tuner.model, "name_or_path", None) or None
@@ -318,7 +318,7 @@ def _check_tensors(tensors: dict, meta: dict, planned, file: Path) -> None:
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"tensor {key!r} of {file} has shape {tuple(tensors[key].shape)}; expected {shape}.")
     for key, tensor in tensors.items():
-        _check_factor(key, tensor, str(file))
+        check_factor(key, tensor, str(file))
     for plan, fmt in planned:
         dtypes = {str(tensors[f"{plan.name}.{n}"].dtype) for n in fmt.factor_names}
         if len(dtypes) > 1:
@@ -338,7 +338,7 @@ def check_state_dict(tensors: dict, stacks, where: str) -> None:
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"tensor {key!r} of {where} has shape {tuple(tensors[key].shape)}; expected {shape}.")
-        _check_factor(key, tensors[key], where)
+        check_factor(key, tensors[key], where)
 
 
 def _compare_plans(saved, planned, file: Path, model_name: str) -> None:

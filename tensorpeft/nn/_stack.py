@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import decomp
-from ._config import MAX_ALPHA
+from ._fields import MAX_ALPHA
 from ._kernels import eye_like, kernel_for
 
 __all__ = ["AdapterStack"]

@@ -392,7 +392,7 @@ def test_a_rank_far_beyond_memory_is_a_clear_error():
 
 
 def test_cuda_memory_is_the_free_memory_of_the_device(monkeypatch):
-    from tensorpeft.nn._model import _device_memory
+    from tensorpeft.nn._init import _device_memory
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123, 456))
     assert _device_memory(torch.device("cuda", 0)) == 123

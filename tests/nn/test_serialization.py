@@ -691,3 +691,15 @@ def _digest(tensors):
     from tensorpeft.nn import _serialization
 
     return _serialization._digest(tensors)
+
+
+def test_peft_save_pretrained_refuses_non_finite_factors_before_writing(tmp_path):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    model = tp.get_peft_model(base, tp.Tucker2Config(rank=2, target_modules=["0", "2"]))
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad)[0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
