@@ -109,6 +109,29 @@ def _path(text: str) -> str:
     return text
 
 
+def _is_data_file(text: str) -> bool:
+    """Whether a ``--dataset`` value names a data file (``tensorpeft.experiments``' rule, one copy)."""
+    from .experiments import is_data_file
+
+    return is_data_file(text)
+
+
+def _dataset(text: str) -> str:
+    from .experiments import DATASETS
+
+    if text in DATASETS or _is_data_file(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(DATASETS)} or a .csv, .jsonl or .json file, got {text!r}"
+    )
+
+
+def _column(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a column name, got {text!r}")
+    return text
+
+
 def _choice(options):
     """An argparse type: one of ``options``."""
 
@@ -137,7 +160,24 @@ def _parser() -> argparse.ArgumentParser:
         "--model", type=_path, help="local BERT-like checkpoint directory (default: the embedded all-MiniLM-L6-v2)"
     )
     cmp.add_argument(
-        "--dataset", type=_choice(DATASETS), default="rotten_tomatoes", help="rotten_tomatoes (default) or bbc_news"
+        "--dataset",
+        type=_dataset,
+        default="rotten_tomatoes",
+        metavar="NAME|PATH",
+        help=f"{' or '.join(DATASETS)} (default: rotten_tomatoes), or your own data file: any other value that "
+        "ends in .csv, .jsonl or .json or names an existing path. A .csv has a header row; a .jsonl/.json file "
+        "holds one JSON object per line (UTF-8, at most 1 GiB). Labels are strings or integers; class ids "
+        "follow their sorted string forms. The split is the built-in one: one shuffle with seed 0, the test "
+        "set first (--n-test), then --validation, then training (--n-train)",
+    )
+    cmp.add_argument(
+        "--text-column", type=_column, metavar="COLUMN", help="column of the texts in a --dataset file (default: text)"
+    )
+    cmp.add_argument(
+        "--label-column",
+        type=_column,
+        metavar="COLUMN",
+        help="column of the labels in a --dataset file (default: label)",
     )
     cmp.add_argument(
         "--methods",
@@ -246,6 +286,12 @@ def _compare_settings(args):
     """Check every argument of ``compare`` that needs no training, and return its settings."""
     from .experiments import DEFAULT_METHODS, CompareSettings, TrainSettings, default_model_path, parse_methods
 
+    if not _is_data_file(args.dataset):
+        given = [f"--{k}-column" for k in ("text", "label") if getattr(args, f"{k}_column") is not None]
+        if given:
+            raise ValueError(
+                f"`{given[0]}` only applies to a data file (`--dataset PATH`), got --dataset {args.dataset}."
+            )
     model_path = Path(args.model) if args.model is not None else default_model_path()
     if not (model_path / "config.json").is_file():
         raise ValueError(f"`--model` {str(model_path)!r} is not a checkpoint directory (no config.json in it).")
@@ -259,6 +305,8 @@ def _compare_settings(args):
     return CompareSettings(
         model_path=str(model_path),
         dataset=args.dataset,
+        text_column=args.text_column,
+        label_column=args.label_column,
         methods=tuple(specs),
         target_modules=tuple(args.targets),
         seeds=tuple(args.seeds),

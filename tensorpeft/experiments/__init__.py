@@ -34,6 +34,7 @@ _CLI_HOMES = {
     "model_from_path": "_budget",
     "model_from_shape": "_budget",
     "check_data_sizes": "_compare",
+    "is_data_file": "_data",
     "default_model_path": "_compare",
     "prepare_output_dir": "_compare",
     "FAMILIES": "_methods",

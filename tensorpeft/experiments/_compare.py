@@ -57,7 +57,7 @@ class CompareSettings:
     """Everything a comparison run depends on (recorded in ``results.json``)."""
 
     model_path: str
-    dataset: str = "rotten_tomatoes"
+    dataset: str = "rotten_tomatoes"  # a built-in name or the path of a data file (see ._data)
     methods: tuple[MethodSpec, ...] = ()
     target_modules: tuple[str, ...] = ("query", "value")
     seeds: tuple[int, ...] = (0,)
@@ -69,6 +69,8 @@ class CompareSettings:
     threads: int | None = None
     n_val: int = 0
     evaluate_on: str = "test"
+    text_column: str | None = None  # of a data file (default "text"); None for a built-in data set
+    label_column: str | None = None  # of a data file (default "label")
 
     def __post_init__(self):
         if self.evaluate_on not in ("test", "validation"):
@@ -113,6 +115,8 @@ def check_data_sizes(settings: CompareSettings) -> None:
         n_test=settings.n_test,
         split_seed=settings.split_seed,
         n_val=settings.n_val,
+        text_column=settings.text_column,
+        label_column=settings.label_column,
     )
 
 
@@ -184,6 +188,8 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
         n_test=settings.n_test,
         split_seed=settings.split_seed,
         n_val=settings.n_val,
+        text_column=settings.text_column,
+        label_column=settings.label_column,
     )
     # choosing hyperparameters: score on held-out training examples, never on the test set
     on_validation = settings.evaluate_on == "validation"
