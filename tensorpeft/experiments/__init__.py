@@ -1,4 +1,4 @@
-"""The fine-tuning comparison behind ``tensorpeft compare`` and the planner behind ``tensorpeft budget``.
+"""The fine-tuning comparison behind ``tensorpeft compare``, the planner behind ``tensorpeft budget``, and offline LLMs.
 
 Needs the ``demo`` extra (the embedded model and data sets, matplotlib, tqdm).
 """
@@ -26,6 +26,8 @@ _HOMES = {
     "TrainResult": "_train",
     "TrainSettings": "_train",
     "train_and_evaluate": "_train",
+    "load_causal_lm": "_llm",
+    "smollm2_path": "_llm",
 }
 # Names the command line needs, resolved the same way but not in ``__all__``: they are no documented API.
 _CLI_HOMES = {
@@ -54,10 +56,12 @@ __all__ = [
     "budget_table",
     "format_budget_table",
     "format_table",
+    "load_causal_lm",
     "load_dataset",
     "parse_methods",
     "resolve_method",
     "run_compare",
+    "smollm2_path",
     "train_and_evaluate",
     "write_outputs",
 ]
