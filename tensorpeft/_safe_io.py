@@ -43,7 +43,16 @@ import stat
 import sys
 from pathlib import Path
 
-__all__ = ["MAX_JSON_DEPTH", "parse_json", "read_capped", "recover", "write_directory_atomic", "write_file_atomic"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "fresh_sibling",
+    "fsync_dir",
+    "parse_json",
+    "read_capped",
+    "recover",
+    "write_directory_atomic",
+    "write_file_atomic",
+]
 
 MAX_JSON_DEPTH = 64
 TAG = ".tensorpeft-"
@@ -192,7 +201,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
         From the file system; ``path`` then still holds its previous content and no temporary file is left.
     """
     target = Path(os.path.realpath(os.fspath(path)))
-    tmp = _fresh_sibling(target, "file")
+    tmp = fresh_sibling(target, "file")
     try:
         _write_file(tmp, data)
         os.replace(tmp, target)
@@ -200,7 +209,7 @@ def write_file_atomic(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -235,7 +244,7 @@ def write_directory_atomic(directory: str | os.PathLike, files: dict[str, bytes]
 
 def _save_by_swap(target: Path, files: dict[str, bytes]) -> None:
     try:
-        new = _fresh_sibling(target, "new", make_dir=True)
+        new = fresh_sibling(target, "new", make_dir=True)
     except OSError as exc:
         if target.is_dir() and exc.errno in _CANNOT_SWAP:
             raise _NoSwapError from exc  # e.g. a read-only parent of a writable directory
@@ -245,7 +254,7 @@ def _save_by_swap(target: Path, files: dict[str, bytes]) -> None:
             _keep_other_files(target, new, files)
         for name, data in files.items():
             _write_file(new / name, data)
-        _fsync_dir(new)
+        fsync_dir(new)
         cwd = _cwd()
         _swap_in(new, target)
         if cwd is not None and (cwd == str(target) or cwd.startswith(str(target) + os.sep)):
@@ -262,7 +271,8 @@ def _cwd() -> str | None:
         return None
 
 
-def _fresh_sibling(target: Path, kind: str, make_dir: bool = False) -> Path:
+def fresh_sibling(target: Path, kind: str, make_dir: bool = False) -> Path:
+    """A new hidden sibling of ``target`` in the naming :func:`remove_stale` cleans up (created if ``make_dir``)."""
     while True:
         path = target.parent / f".{target.name}{TAG}{kind}-{os.getpid()}-{secrets.token_hex(6)}"
         if not make_dir:
@@ -283,7 +293,8 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory's entries to disk (after a rename into it); a no-op off POSIX."""
     if os.name != "posix":
         return
     fd = os.open(path, os.O_RDONLY)
@@ -318,7 +329,7 @@ def _keep_other_files(old: Path, new: Path, files: dict[str, bytes]) -> None:
 def _swap_in(new: Path, target: Path) -> None:
     if not os.path.lexists(target):
         os.rename(new, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return
     try:
         _exchange(new, target)
@@ -329,7 +340,7 @@ def _swap_in(new: Path, target: Path) -> None:
         if exc.errno in _CANNOT_SWAP:
             raise _NoSwapError from exc
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(new)  # the old directory, now under the hidden name
 
 
@@ -363,11 +374,11 @@ def _journal(target: Path) -> Path:
 
 
 def _journalled_swap(new: Path, target: Path) -> None:
-    old = _fresh_sibling(target, "old")
-    tmp = _fresh_sibling(target, "journal")
+    old = fresh_sibling(target, "old")
+    tmp = fresh_sibling(target, "journal")
     _write_file(tmp, json.dumps({"pid": os.getpid(), "new": new.name, "old": old.name}).encode())
     os.replace(tmp, _journal(target))
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     try:
         os.rename(target, old)
     except OSError as exc:
@@ -381,9 +392,9 @@ def _journalled_swap(new: Path, target: Path) -> None:
         os.rename(old, target)  # roll back at once; a kill here is rolled forward by recover()
         os.remove(_journal(target))
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     os.remove(_journal(target))
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(old)
 
 
@@ -394,9 +405,9 @@ def _save_in_place(target: Path, files: dict[str, bytes]) -> None:
     try:
         for name, data in files.items():
             _write_file(stage / name, data)
-        _fsync_dir(stage)
+        fsync_dir(stage)
         _write_file(stage / _MANIFEST, json.dumps(sorted(files)).encode())  # the commit point
-        _fsync_dir(stage)
+        fsync_dir(stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -411,7 +422,7 @@ def _roll_forward(stage: Path, target: Path) -> None:
         plain = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and os.sep not in name
         if plain and os.path.lexists(stage / name):
             os.replace(stage / name, target / name)
-    _fsync_dir(target)
+    fsync_dir(target)
     shutil.rmtree(stage)
 
 
@@ -460,12 +471,12 @@ def _recover_journal(target: Path) -> None:
             os.rename(new, target)
         elif old.is_dir():
             os.rename(old, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     for leftover in (new, old):
         if os.path.lexists(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
     os.remove(journal)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _hidden_sibling(target: Path, name) -> Path:

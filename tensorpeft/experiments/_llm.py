@@ -23,14 +23,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .._safe_io import TAG, remove_stale
+from .._safe_io import fresh_sibling, fsync_dir, remove_stale
 
 __all__ = ["CACHE_MARKER", "SMOLLM2_FILE", "cache_root", "gguf_cache_key", "load_causal_lm", "smollm2_path"]
 
@@ -141,22 +140,12 @@ def _fsync_tree(directory: Path) -> None:
         if entry.is_file():
             with open(entry, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _hidden(target: Path, kind: str) -> Path:
-    # the hidden-sibling names of tensorpeft._safe_io, so that its remove_stale cleans up after dead writers
-    return target.parent / f".{target.name}{TAG}{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+    # tensorpeft._safe_io's hidden-sibling names, so that its remove_stale cleans up after dead writers
+    return fresh_sibling(target, kind)
 
 
 def _complete(entry: Path) -> bool:
@@ -228,7 +217,7 @@ def cached_gguf_checkpoint(
         except OSError:
             if not _complete(target):
                 raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         if new.exists():
             shutil.rmtree(new, ignore_errors=True)

@@ -264,7 +264,7 @@ CRASHER = textwrap.dedent(
     if mode == "in-place":  # as on a mount point or under a read-only parent: no sibling can be made
         def no_sibling(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
-        io._fresh_sibling = no_sibling
+        io.fresh_sibling = no_sibling
     calls = [0]
 
     def crashing(fn):
@@ -365,7 +365,7 @@ def test_a_directory_that_cannot_be_swapped_is_saved_in_place(make_model, helper
     def busy(*args, **kwargs):  # a mount point (EBUSY), or a read-only parent (EACCES)
         raise OSError(errno.EBUSY if where == "exchange" else errno.EACCES, "cannot")
 
-    monkeypatch.setattr(_safe_io, "_exchange" if where == "exchange" else "_fresh_sibling", busy)
+    monkeypatch.setattr(_safe_io, "_exchange" if where == "exchange" else "fresh_sibling", busy)
     tp.nn.save_adapter(model, path)
     assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert os.listdir(tmp_path) == ["adapter"]
