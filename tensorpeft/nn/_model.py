@@ -489,12 +489,12 @@ class TensorPeftModel(BaseTuner):
         dir, config=PeftConfig.from_pretrained(dir))``, the one path where the directory could not be
         checked before injection), it is removed again, so the base model is as it was.
         """
-        from ._serialization import check_state_dict
+        from ._serialization import check_state_dict, is_factor_key
 
         tuner = model if isinstance(model, TensorPeftModel) else getattr(model, "base_model", None)
         if not isinstance(tuner, TensorPeftModel):
             raise TypeError(f"expected a model holding a TensorPeftModel, got {type(model).__name__}.")
-        ours = {k: v for k, v in state_dict.items() if k.count(".") == 1 and not k.startswith("base_model.")}
+        ours = {k: v for k, v in state_dict.items() if is_factor_key(k)}
         prefix = "" if model is tuner else "base_model."
         rest = {k: v for k, v in state_dict.items() if k not in ours}
         try:

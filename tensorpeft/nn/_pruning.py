@@ -12,13 +12,6 @@ from ..decomp.validate import check_fraction, check_int_at_least
 __all__ = ["RankPruner"]
 
 
-def _peft_model(model):
-    """The :class:`TensorPeftModel` inside ``model`` (a PeftModel, or DDP/FSDP-style wrappers of one)."""
-    from ._model import tuner_of
-
-    return tuner_of(model)
-
-
 class RankPruner:
     r"""LoRA²'s importance-based rank pruning of every LoRA² (``OrthogonalConfig``) adapter of a model.
 
@@ -157,7 +150,9 @@ class RankPruner:
         beta1: float = 0.85,
         beta2: float = 0.85,
     ):
-        peft = _peft_model(model)
+        from ._model import tuner_of
+
+        peft = tuner_of(model)
         # the formats that name their rank components (decomp.TensorNetwork.rank_components): LoRA²'s
         components = {
             name: dict(stack.format.rank_components)

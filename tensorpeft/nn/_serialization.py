@@ -43,6 +43,7 @@ from .._version import __version__
 from ._config import AdapterConfig
 from ._factories import trusted_factories
 from ._grouping import StackPlan, plan_stacks
+from ._model import tuner_of
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_adapter", "save_adapter"]
 
@@ -111,19 +112,12 @@ def check_factor(key: str, tensor: torch.Tensor, where: str) -> None:
         )
 
 
-def _tuner(model):
-    """The :class:`TensorPeftModel` of a ``PeftModel`` (or the tuner itself)."""
-    from ._model import tuner_of
-
-    return tuner_of(model)
-
-
 def adapter_tensors(model, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """``{"<stack>.<factor>": tensor}`` of one adapter (default: the active one), detached contiguous CPU copies.
 
     With a ``peft.PeftModel``, PEFT's ``modules_to_save`` tensors are included under PEFT's keys.
     """
-    tuner = _tuner(model)
+    tuner = tuner_of(model)
     name = adapter_name or tuner._active_name
     out = {
         f"{stack_name}.{fname}": p.detach().cpu().contiguous().clone()
@@ -204,7 +198,7 @@ def save_adapter(model, path, adapter_name: str | None = None) -> None:
     ['adapter_config.json', 'adapter_model.safetensors']
     """
     path = check_directory_path(path)
-    tuner = _tuner(model)
+    tuner = tuner_of(model)
     tuner._check_live()
     name = adapter_name or tuner._active_name
     if name not in tuner.tensorpeft_stacks:
@@ -299,7 +293,7 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file} is corrupted or truncated and cannot be read as safetensors: {exc}.") from None
 
 
-def _is_factor_key(key: str) -> bool:
+def is_factor_key(key: str) -> bool:
     """``<stack>.<factor>`` keys are tensorpeft's; PEFT's own (``modules_to_save``) start with ``base_model.``."""
     return key.count(".") == 1 and not key.startswith("base_model.")
 
@@ -309,9 +303,9 @@ def _check_tensors(tensors: dict, meta: dict, planned, file: Path) -> None:
     if meta["sha256"] is not None and _digest(tensors) != meta["sha256"]:
         raise ValueError(f"{file} does not match the checksum recorded in {CONFIG_NAME}; the file is corrupted.")
     expected = {f"{plan.name}.{n}": s for plan, fmt in planned for n, s in fmt.factor_shapes.items()}
-    ours = {k for k in tensors if _is_factor_key(k)}
+    ours = {k for k in tensors if is_factor_key(k)}
     missing, extra = sorted(set(expected) - ours), sorted(ours - set(expected))
-    extra += sorted(k for k in tensors if not _is_factor_key(k) and not k.startswith("base_model.model."))
+    extra += sorted(k for k in tensors if not is_factor_key(k) and not k.startswith("base_model.model."))
     if missing or extra:
         raise ValueError(f"{file} has missing tensors {missing} and unexpected tensors {extra}.")
     for key, shape in expected.items():
@@ -389,7 +383,7 @@ def _saved_module_state(model: nn.Module, name: str):
 def _check_saved_modules(tensors: dict, base_model: nn.Module, file: Path) -> None:
     """PEFT's ``modules_to_save`` tensors must name parameters of the base model, of their shapes."""
     for key, tensor in tensors.items():
-        if _is_factor_key(key):
+        if is_factor_key(key):
             continue
         name = key.removeprefix("base_model.model.")
         param = _saved_module_state(base_model, name)
@@ -528,9 +522,9 @@ def load_adapter(
     config._tp_factors = _factors_on_devices(tensors, planned, base_model)
     cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel)
     model = cls(base_model, config, adapter_name)
-    saved_modules = {k: v for k, v in tensors.items() if not _is_factor_key(k)}
+    saved_modules = {k: v for k, v in tensors.items() if not is_factor_key(k)}
     if saved_modules:
-        ours = {k: v for k, v in tensors.items() if _is_factor_key(k)}
+        ours = {k: v for k, v in tensors.items() if is_factor_key(k)}
         set_peft_model_state_dict(model, {**ours, **saved_modules}, adapter_name=adapter_name)
     if not is_trainable:
         model.eval()
