@@ -55,7 +55,7 @@ __all__ = [  # the configs (with the papers' names): tensorpeft.nn and tensorpef
     "Tucker2Config",
 ]
 
-STACK_BY = ("name", "shape", "module")
+STACK_BY = ("name", "shape", "module", "input")
 INITS = ("zero", "svd")
 # {format name: config class}, filled by AdapterConfig.__init_subclass__ as the classes are defined.
 _CONFIG_CLASSES: dict[str, type] = {}
@@ -99,12 +99,22 @@ class AdapterConfig(PeftConfig):
         Dropout probability on the adapter's input (as PEFT's ``lora_dropout``), ``0 <= p < 1``.
     exclude_modules : list of str, str, optional
         Layers never adapted, same syntax as ``target_modules`` (no ``"all-linear"``).
-    stack_by : {"name", "shape", "module"}
+    stack_by : {"name", "shape", "module", "input"}
         How matched layers are grouped into stacks that share factors: ``"name"`` — by module name
         across layers (all ``query`` layers form one stack ``(layers,)``); ``"shape"`` — every matched
         layer of one ``(out, in)`` shape in one stack, ``(layers, kinds)`` when every layer has every
-        kind, otherwise flat; ``"module"`` — one stack per layer, no sharing. Layers of different
-        shapes never share a stack (nothing is padded).
+        kind, otherwise flat; ``"module"`` — one stack per layer, no sharing; ``"input"`` — the
+        projections of one module that read the same input (``q_proj``/``k_proj``/``v_proj``,
+        ``gate_proj``/``up_proj``, ``query``/``key``/``value``, ``w1``/``w3``, matched on the last
+        name component, with the same parent module and ``in_features``) form one *fused
+        slice* of ``out = q + k + v`` rows, as a fused ``qkv`` layer, and the fused slices of one kind
+        across layers one stack ``(layers,)``; every other layer is grouped as ``"name"``. The input side
+        of the format (Tucker-2's ``B``, CP's ``in``, LoRA's ``A``) is then shared by the projections of a
+        layer even when their output sizes differ (grouped-query attention, where ``"shape"`` cannot
+        group q with k and v), and during the model's forward ``x·B`` and the slice's core are computed
+        once per layer and each projection multiplies by its rows of the output factor. Exact: each
+        projection gets exactly its rows of the fused slice's update, in forward, merge and export.
+        Apart from fused slices, layers of different shapes never share a stack (nothing is padded).
     init : {"zero", "svd"}
         ``"zero"``: the format's own init (random factors, one factor zero). ``"svd"``: the factors are
         fitted to the pretrained weights of the stack with the format's ``fit`` (dominant singular
@@ -401,7 +411,9 @@ class Tucker2Config(AdapterConfig):
     ``rank`` is ``r`` or ``(r_out, r_in)``. Scaling :math:`\alpha / r_\text{in}` (LoTR's ``scale/r``;
     ``r_in`` is the width of ``x·B``, the analogue of LoRA's ``r``). ``stack_by`` defaults to ``"name"``:
     all ``query`` layers share ``A`` and ``B``. With ``stack_by="shape"`` q, k and v of one layer also
-    share ``B`` and ``x·B`` is computed once for the three.
+    share ``B`` and ``x·B`` is computed once for the three; with ``stack_by="input"`` they do so even when
+    their shapes differ (grouped-query attention): one fused slice ``A G_s Bᵀ`` per layer whose row blocks
+    are q, k and v.
 
     Examples
     --------

@@ -69,15 +69,21 @@ class ExportReport:
         return max(self.errors.values(), default=0.0)
 
 
-def lora_factors(stack, index: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B (out, R), A (R, in))`` in float64 with ``B A = scaling · ΔW[index]``.
+def lora_factors(
+    stack, index: tuple[int, ...], rows: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B (out, R), A (R, in))`` in float64 with ``B A = scaling · ΔW[index]`` (its ``rows`` if given).
 
     The format's own :meth:`~tensorpeft.decomp.TensorNetwork.lora_factors` (exact closed forms for LoRA,
     Tucker-2, CP and LoRA²; the SVD of the slice at :attr:`~tensorpeft.decomp.TensorNetwork.slice_rank`
-    for tensor trains and custom networks), on float64 copies, with the scaling folded into ``B``.
+    for tensor trains and custom networks), on float64 copies, with the scaling folded into ``B``. A
+    member of a fused slice (``stack_by="input"``, ``rows=(start, stop)``) gets rows ``start:stop`` of
+    ``B``: ``B[start:stop] A`` is exactly its rows of the slice's update.
     """
     f = {n: p.detach().to(torch.float64) for n, p in stack.factors().items()}
     B, A = stack.format.lora_factors(f, index)
+    if rows is not None:
+        B = B[rows[0] : rows[1]]
     return B * stack.scaling, A
 
 
@@ -199,7 +205,7 @@ def export_lora(
         if tuner._active_name not in layer.slices:
             continue
         stack, index = layer.slices[tuner._active_name]
-        B, A = lora_factors(stack, index)
+        B, A = lora_factors(stack, index, layer.slice_rows.get(tuner._active_name))
         reference = B @ A
         if rank is not None:
             B, A = truncate(B, A, rank)

@@ -9,7 +9,6 @@ import math
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from ..decomp.validate import check_allocation
 from ._linear import dense_weight
@@ -29,17 +28,24 @@ def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def pretrained_stack(members: list[tuple[nn.Module, tuple[int, ...]]], shape, dtype) -> torch.Tensor:
+def pretrained_stack(members: list[tuple], shape, dtype) -> torch.Tensor:
     """The base weights of a stack, each at its index, as one tensor of the format's ``shape``.
 
-    ``members`` are ``(layer, index)`` pairs; ``Conv1D`` weights (stored ``(in, out)``) are transposed.
+    ``members`` are ``(layer, index)`` pairs, or ``(layer, index, rows)`` triples where a member of a
+    fused slice (``stack_by="input"``) fills rows ``start:stop`` of its slice (``rows`` None: all of it),
+    so a fused slice is its members' weights concatenated; ``Conv1D`` weights (stored ``(in, out)``) are
+    transposed.
     ``dtype`` is the adapter's (fp32 for low-precision bases): the fit only provides directions, and a
     float64 copy of, say, LLaMA-7B's 32 q matrices would take 4.3 GB.
     """
     first = members[0][0].weight
     dense = torch.zeros(tuple(shape), dtype=dtype, device=first.device)
-    for layer, index in members:
-        dense[index] = dense_weight(layer).to(dtype)
+    for layer, index, *rest in members:
+        rows = rest[0] if rest else None
+        if rows is None:
+            dense[index] = dense_weight(layer).to(dtype)
+        else:
+            dense[index][rows[0] : rows[1]] = dense_weight(layer).to(dtype)
     return dense
 
 
@@ -89,7 +95,10 @@ def given_factors(factors: Mapping, name: str, names: list[str]) -> dict:
 
 
 def stack_initial_factors(layers, fmt, config, seed: int) -> dict:
-    """``config.init``'s factors of one stack, on its weights' device (SVD needs finite weights)."""
+    """``config.init``'s factors of one stack, on its weights' device (SVD needs finite weights).
+
+    ``layers`` as the ``members`` of :func:`pretrained_stack`.
+    """
     weight = layers[0][0].weight
     dtype = adapter_dtype(weight)
     dense = None

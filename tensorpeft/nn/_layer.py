@@ -12,8 +12,32 @@ from ._linear import is_adaptable, linear_shape
 __all__ = ["BASE", "AdapterLinear"]
 
 
-def _check_layer_arguments(base_layer, stack, index, dropout) -> tuple[tuple[int, ...], float]:
-    """The normalized ``index`` and ``dropout``, once the layer and the stack are known to fit."""
+def _check_rows(rows, base_layer, fmt) -> tuple[int, int] | None:
+    """``None``, or a ``(start, stop)`` pair of ints with ``stop - start`` the layer's ``out_features``."""
+    if rows is None:
+        return None
+    if (
+        not isinstance(rows, tuple | list)
+        or len(rows) != 2
+        or any(isinstance(r, bool) or not isinstance(r, int) for r in rows)
+    ):
+        raise TypeError(f"`rows` must be None or a pair (start, stop) of ints, got {rows!r}.")
+    start, stop = int(rows[0]), int(rows[1])
+    out_features, in_features = linear_shape(base_layer)
+    if not 0 <= start < stop <= fmt.out_features:
+        raise ValueError(
+            f"`rows`=({start}, {stop}) must satisfy 0 <= start < stop <= {fmt.out_features} (the stack's out_features)."
+        )
+    if (out_features, in_features) != (stop - start, fmt.in_features):
+        raise ValueError(
+            f"`base_layer` is {out_features}×{in_features} (out × in), but rows ({start}, {stop}) of `stack` hold "
+            f"updates of {stop - start}×{fmt.in_features}."
+        )
+    return start, stop
+
+
+def _check_layer_arguments(base_layer, stack, index, dropout, rows=None):
+    """The normalized ``index``, ``dropout`` and ``rows``, once the layer and the stack are known to fit."""
     from ._stack import AdapterStack
 
     if not is_adaptable(base_layer):
@@ -23,12 +47,13 @@ def _check_layer_arguments(base_layer, stack, index, dropout) -> tuple[tuple[int
     if not isinstance(stack, AdapterStack):
         raise TypeError(f"`stack` must be an AdapterStack, got {type(stack).__name__}.")
     fmt = stack.format
-    if linear_shape(base_layer) != (fmt.out_features, fmt.in_features):
+    rows = _check_rows(rows, base_layer, fmt)
+    if rows is None and linear_shape(base_layer) != (fmt.out_features, fmt.in_features):
         raise ValueError(
             f"`base_layer` is {linear_shape(base_layer)[0]}×{linear_shape(base_layer)[1]} (out × in), but `stack` "
             f"holds updates of {fmt.out_features}×{fmt.in_features}."
         )
-    return normalize_index(index, tuple(fmt.stack)), check_fraction(dropout, "dropout")
+    return normalize_index(index, tuple(fmt.stack)), check_fraction(dropout, "dropout"), rows
 
 
 BASE = "__base__"
@@ -55,13 +80,18 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
         Dropout on the adapter's input only, as PEFT's ``lora_dropout``, in ``[0, 1)``.
     adapter_name : str
         The adapter this first slice belongs to (more are added by :meth:`add_slice`).
+    rows : (int, int), optional
+        For a member of a fused slice (``stack_by="input"``): the layer's update is rows
+        ``start:stop`` of the slice's; ``stop - start`` must be the layer's ``out_features`` and the
+        layer's ``in_features`` the stack's. Default: the whole slice. Kept per adapter in ``slice_rows``.
 
     Raises
     ------
     TypeError, ValueError
-        If ``base_layer`` is not a linear layer of the stack's ``out × in``, ``stack`` is not an
-        :class:`AdapterStack`, ``index`` is not a tuple of in-range ints over the stack modes, or
-        ``dropout`` is outside ``[0, 1)``.
+        If ``base_layer`` is not a linear layer of the stack's ``out × in`` (of ``rows`` of it),
+        ``stack`` is not an :class:`AdapterStack`, ``index`` is not a tuple of in-range ints over the
+        stack modes, ``rows`` is not an in-range pair of the layer's height, or ``dropout`` is outside
+        ``[0, 1)``.
 
     Notes
     -----
@@ -102,37 +132,48 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
         index: tuple[int, ...],
         dropout: float = 0.0,
         adapter_name: str = "default",
+        rows: tuple[int, int] | None = None,
     ):
         super().__init__()
-        index, dropout = _check_layer_arguments(base_layer, stack, index, dropout)
+        index, dropout, rows = _check_layer_arguments(base_layer, stack, index, dropout, rows)
         self.base_layer = base_layer
         self.adapter_dropout = nn.ModuleDict()
         self.__dict__["slices"] = {}  # {adapter: (stack, index)}; stacks deliberately not submodules
+        self.slice_rows = {}  # {adapter: (start, stop) or None}
         self.out_features, self.in_features = linear_shape(base_layer)
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)
         self.merged_adapters = []
         self._active_adapter = adapter_name
         self._disable_adapters = False
         self.row_adapters = None
-        self._add(adapter_name, stack, index, dropout)
+        self._add(adapter_name, stack, index, dropout, rows)
 
     # ------------------------------------------------------------------ adapters
-    def _add(self, adapter_name, stack, index, dropout) -> None:
+    def _add(self, adapter_name, stack, index, dropout, rows) -> None:
         self.slices[adapter_name] = (stack, index)
+        self.slice_rows[adapter_name] = rows
         self.adapter_dropout[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def add_slice(self, adapter_name: str, stack: nn.Module, index: tuple[int, ...], dropout: float = 0.0) -> None:
-        """Give adapter ``adapter_name`` its slice ``index`` of ``stack`` in this layer."""
-        index, dropout = _check_layer_arguments(self.base_layer, stack, index, dropout)
+    def add_slice(
+        self,
+        adapter_name: str,
+        stack: nn.Module,
+        index: tuple[int, ...],
+        dropout: float = 0.0,
+        rows: tuple[int, int] | None = None,
+    ) -> None:
+        """Give adapter ``adapter_name`` its slice ``index`` of ``stack`` (its ``rows`` of it) in this layer."""
+        index, dropout, rows = _check_layer_arguments(self.base_layer, stack, index, dropout, rows)
         if adapter_name in self.slices:
             raise ValueError(f"layer already has a slice for adapter {adapter_name!r}.")
-        self._add(adapter_name, stack, index, dropout)
+        self._add(adapter_name, stack, index, dropout, rows)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Drop adapter ``adapter_name``'s slice (it must not be merged)."""
         if adapter_name in self.merged_adapters:
             raise ValueError(f"adapter {adapter_name!r} is merged into this layer; unmerge it first.")
         self.slices.pop(adapter_name, None)
+        self.slice_rows.pop(adapter_name, None)
         if adapter_name in self.adapter_dropout:
             del self.adapter_dropout[adapter_name]
         active = [a for a in self.active_adapters if a != adapter_name]
@@ -153,6 +194,14 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
     def index(self) -> tuple[int, ...]:
         """The index of this layer in :attr:`stack`."""
         return self._first_slice()[1]
+
+    @property
+    def rows(self) -> tuple[int, int] | None:
+        """The layer's rows ``(start, stop)`` of its slice of :attr:`stack` (``None``: all of them)."""
+        for name in self.active_adapters:
+            if name in self.slices:
+                return self.slice_rows[name]
+        return next(iter(self.slice_rows.values()))
 
     def _first_slice(self):
         for name in self.active_adapters:
@@ -178,7 +227,9 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
     # ------------------------------------------------------------------ forward
     def _delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         stack, index = self.slices[adapter_name]
-        return stack(self.adapter_dropout[adapter_name](x), index)
+        dropped = self.adapter_dropout[adapter_name](x)
+        # an active dropout makes a tensor no other layer reads: caching it (or a fused update) cannot pay
+        return stack(dropped, index, self.slice_rows.get(adapter_name), share=dropped is x)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Base output, plus the factored update of each active adapter unless merged or disabled."""
@@ -210,7 +261,7 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
     # ------------------------------------------------------------------ merge
     def _delta_for_weight(self, adapter_name: str) -> torch.Tensor:
         stack, index = self.slices[adapter_name]
-        delta = stack.delta_weight(index)
+        delta = stack.delta_weight(index, self.slice_rows.get(adapter_name))
         return delta.T if self.fan_in_fan_out else delta
 
     @torch.no_grad()
@@ -246,9 +297,10 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
         w.copy_((w.to(wide) + sign * delta.to(device=w.device, dtype=wide)).to(w.dtype))
 
     def extra_repr(self) -> str:
-        """Each adapter's slice index, the active and merged adapters, and the disabled flag."""
+        """Each adapter's slice index (and rows in a fused slice), the active and merged adapters, the disabled flag."""
         adapters = {name: index for name, (_, index) in self.slices.items()}
+        rows = {name: r for name, r in self.slice_rows.items() if r is not None}
         return (
-            f"adapters={adapters}, active={self.active_adapters}, merged={self.merged_adapters}, "
-            f"disabled={self._disable_adapters}"
+            f"adapters={adapters}, {f'rows={rows}, ' if rows else ''}active={self.active_adapters}, "
+            f"merged={self.merged_adapters}, disabled={self._disable_adapters}"
         )

@@ -92,7 +92,8 @@ class TensorPeftModel(BaseTuner):
     -----
     Hooks for extensions: ``model.tensor_adapters[name].factors()`` gives the live parameters in the
     format's layout (``lambda`` of LoRA² for a rank pruner), ``model.tensor_adapters[name].format``
-    the format, and :meth:`adapter_layers` every wrapped layer with its stack and index.
+    the format, and :meth:`adapter_layers` every wrapped layer with its stack, index and rows
+    (``layer.rows``: its rows of a fused ``stack_by="input"`` slice, else None).
 
     Examples
     --------
@@ -183,7 +184,9 @@ class TensorPeftModel(BaseTuner):
         check_memory(planned, modules, config)
         stacks = {}
         for k, (plan, fmt) in enumerate(planned):
-            layers = [(modules[n], index) for n, index in plan.members]
+            layers = [
+                (modules[n], index, rows) for (n, index), rows in zip(plan.members, plan.member_rows(), strict=True)
+            ]
             if factors is None:
                 init = stack_initial_factors(layers, fmt, config, (config.seed + k) % 2**63)  # seeds stay in [0, 2**63)
             else:
@@ -203,12 +206,12 @@ class TensorPeftModel(BaseTuner):
         wrapped = {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
         for plan in self._plans[adapter_name]:
             stack = stacks[plan.name]
-            for name, index in plan.members:
+            for (name, index), rows in zip(plan.members, plan.member_rows(), strict=True):
                 if name in wrapped:
-                    wrapped[name].add_slice(adapter_name, stack, index, config.dropout)
+                    wrapped[name].add_slice(adapter_name, stack, index, config.dropout, rows)
                     continue
                 parent, child = parent_module(model, name)
-                layer = AdapterLinear(modules[name], stack, index, config.dropout, adapter_name=adapter_name)
+                layer = AdapterLinear(modules[name], stack, index, config.dropout, adapter_name=adapter_name, rows=rows)
                 layer.set_adapter(self.active_adapters)
                 setattr(parent, child, layer)
                 self.targeted_module_names.append(name)

@@ -68,7 +68,8 @@ class RankPruner:
     TypeError
         If ``model`` holds no TensorPeftModel, or an argument has the wrong type.
     ValueError
-        If ``model`` has no LoRA² stack, or the schedule is inconsistent (the message names the argument).
+        If ``model`` has no LoRA² stack, a LoRA² stack of fused slices (``stack_by="input"``: one rank
+        shared by several matrices), or the schedule is inconsistent (the message names the argument).
 
     Notes
     -----
@@ -165,6 +166,13 @@ class RankPruner:
                 "`model` has no LoRA² (OrthogonalProjection) adapter to prune (no stack whose format names "
                 "`rank_components`); build it with tp.LoRA2Config, "
                 f"got stacks of {sorted({type(s.format).__name__ for s in peft.tensor_adapters.values()})}."
+            )
+        fused = [p.name for p in peft.plans if p.name in stacks and p.rows is not None]
+        if fused:
+            raise ValueError(
+                f"`model` has LoRA² stacks {fused} of fused slices (stack_by='input'), which RankPruner does not "
+                "support: a fused slice's rank is shared by several layers (q, k, v), so per-matrix budgets and "
+                "rank_pattern() would be wrong; build the adapter with another `stack_by`."
             )
         self._components = components
         self._gates = {name: next(iter(c)) for name, c in components.items()}

@@ -335,6 +335,15 @@ def check_state_dict(tensors: dict, stacks, where: str) -> None:
         check_factor(key, tensors[key], where)
 
 
+def _shown(value, field: str):
+    """A plan field for an error message: the first member names, the first row ranges, else the value."""
+    if field == "members":
+        return [n for n, _ in value][:4]
+    if field == "rows" and value is not None:
+        return [list(r) for r in value][:4]
+    return value
+
+
 def _compare_plans(saved, planned, file: Path, model_name: str) -> None:
     if saved is None:  # a config written without the model's plans: names and shapes are still checked
         return
@@ -349,11 +358,10 @@ def _compare_plans(saved, planned, file: Path, model_name: str) -> None:
             f"gives stacks {[p.name for p in now]}; the adapter belongs to another model."
         )
     for old, new in zip(saved_plans, now, strict=True):
-        for field in ("out_features", "in_features", "stack", "heads", "members"):
+        for field in ("out_features", "in_features", "stack", "heads", "members", "rows"):
             a, b = getattr(old, field), getattr(new, field)
             if a != b:
-                shown_a = a if field != "members" else [n for n, _ in a][:4]
-                shown_b = b if field != "members" else [n for n, _ in b][:4]
+                shown_a, shown_b = (_shown(a, field), _shown(b, field))
                 raise ValueError(
                     f"stack {old.name!r} of {file} has `{field}`={shown_a}, but the base {model_name} gives "
                     f"{shown_b}; the adapter was saved for a model of another shape."

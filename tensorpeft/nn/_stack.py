@@ -60,6 +60,12 @@ class AdapterStack(nn.Module):
     is keyed by the tensor's identity and version counters and emptied when sharing ends. Under
     ``torch.compile`` the cache is bypassed, so it causes no graph break (``docs/guide/compile.rst``).
 
+    ``forward(x, index, rows=(start, stop))`` returns rows ``start:stop`` of the update only: a member of
+    a fused slice (``stack_by="input"``). While sharing is on, everything up to the output factor
+    (``x·B`` and the core, ``r`` wide) is computed once per input tensor and index and each member
+    multiplies by its rows of the output factor; otherwise each member computes its own chain, still with
+    only its rows of the output factor (see :mod:`._kernels`).
+
     Examples
     --------
     >>> import torch, tensorpeft as tp
@@ -84,6 +90,7 @@ class AdapterStack(nn.Module):
         self._kernel = kernel_for(fmt)
         self._sharing = False
         self._cache = None
+        self._delta_cache = None
 
     def factors(self) -> dict:
         """``{name: parameter}`` in the format's layout (a fresh dict of the live parameters)."""
@@ -113,24 +120,60 @@ class AdapterStack(nn.Module):
         self._cache = (weakref.ref(x), key, u)
         return u
 
-    def forward(self, x: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
-        """``scaling · x @ ΔW[index]ᵀ`` for ``x (..., in_features)``; never forms ΔW."""
+    def _shared_core(self, x, f, index):
+        """The kernel's ``core`` for the members of a fused slice, computed once per (input, index)."""
+        key = (
+            x._version,
+            tuple(index),
+            tuple(p._version for p in f.values()),
+            torch.is_grad_enabled(),
+        )
+        if self._delta_cache is not None:
+            ref, cached_key, y = self._delta_cache
+            if ref() is x and cached_key == key:
+                return y
+        y = self._kernel.core(self.format, f, self._project(x, f), index, self.scaling)
+        self._delta_cache = (weakref.ref(x), key, y)
+        return y
+
+    def forward(
+        self, x: torch.Tensor, index: tuple[int, ...], rows: tuple[int, int] | None = None, *, share: bool = True
+    ) -> torch.Tensor:
+        """``scaling · x @ ΔW[index]ᵀ`` for ``x (..., in_features)``, or its rows ``start:stop``; never forms ΔW.
+
+        ``share=False`` says that no other slice reads ``x`` (a fresh dropout output): nothing is cached,
+        and a member of a fused slice computes its own chain.
+        """
         f = self.factors()
-        return self._kernel.finish(self.format, f, self._project(x, f), index, self.scaling)
+        kernel = self._kernel
+        if not share:
+            u = kernel.project(self.format, f, x.to(self.dtype))
+        elif rows is not None and self._sharing and not torch.compiler.is_compiling() and not x.is_inference():
+            return kernel.expand(self.format, f, self._shared_core(x, f, index), index, rows)
+        else:
+            u = self._project(x, f)
+        if rows is None:
+            return kernel.finish(self.format, f, u, index, self.scaling)
+        return kernel.finish_rows(self.format, f, u, index, self.scaling, rows)
 
     def set_sharing(self, on: bool) -> None:
-        """Turn input-projection sharing on or off (off also empties the cache)."""
+        """Turn input-projection sharing on or off (off also empties the caches)."""
         self._sharing = bool(on)
         if not on:
             self._cache = None
+            self._delta_cache = None
 
     @torch.no_grad()
-    def delta_weight(self, index: tuple[int, ...]) -> torch.Tensor:
-        """``scaling · ΔW[index]`` as a dense ``(out_features, in_features)`` tensor (for merge and export)."""
+    def delta_weight(self, index: tuple[int, ...], rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """``scaling · ΔW[index]`` as a dense ``(out_features, in_features)`` tensor (for merge and export).
+
+        With ``rows=(start, stop)``, only those rows (a member of a fused slice).
+        """
         f = self.factors()
         eye = eye_like(self.format.in_features, getattr(self, self.format.factor_names[0]))
         u = self._kernel.project(self.format, f, eye)
-        return self._kernel.finish(self.format, f, u, index, self.scaling).T
+        delta = self._kernel.finish(self.format, f, u, index, self.scaling).T
+        return delta if rows is None else delta[rows[0] : rows[1]]
 
     def extra_repr(self) -> str:
         """The format's class, shape, parameter count and the scaling, shown in the module's repr."""
