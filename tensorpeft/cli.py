@@ -144,7 +144,7 @@ def _choice(options):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .experiments import DATASETS, DEFAULT_METHODS, SHAPES
+    from .experiments import DATASETS, DEFAULT_LLM_METHODS, DEFAULT_METHODS, SHAPES
 
     parser = _Parser(prog="tensorpeft", description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,7 +157,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     cmp.add_argument(
-        "--model", type=_path, help="local BERT-like checkpoint directory (default: the embedded all-MiniLM-L6-v2)"
+        "--model",
+        type=_path,
+        help="the model: a local encoder checkpoint directory (default: the embedded all-MiniLM-L6-v2; trains a "
+        "classification head), or a decoder LLM — 'smollm2' (the embedded SmolLM2-135M-Instruct), a local "
+        "causal-LM checkpoint directory or a .gguf file — which is instruction-tuned to answer with the label",
     )
     cmp.add_argument(
         "--dataset",
@@ -182,24 +186,32 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--methods",
         type=_names,
-        default=list(DEFAULT_METHODS),
-        help="comma-separated family:budget specs; families head, lora, tucker2, cp, tt, lora2; budgets rN "
-        "(LoRA rank N's parameter count), tiny (a quarter of LoRA r=1's) or an integer "
-        f"(default: {','.join(DEFAULT_METHODS)})",
+        help="comma-separated family[/grouping]:budget specs; families lora, tucker2, cp, tt, lora2 and the "
+        "baselines head (encoder) and zero-shot (decoder); budgets rN (LoRA rank N's parameter count), tiny (a "
+        "quarter of LoRA r=1's) or an integer; grouping a stack_by value, e.g. tucker2/input:r1 "
+        f"(default: {','.join(DEFAULT_METHODS)}; for a decoder {','.join(DEFAULT_LLM_METHODS)})",
     )
     cmp.add_argument("--budgets", type=_names, help="replace the budgets of the tensor families, e.g. r2,tiny,5000")
     cmp.add_argument(
-        "--targets", type=_names, default=["query", "value"], help="target module suffixes (default: query,value)"
+        "--targets",
+        type=_names,
+        help="target module suffixes, or all-linear (default: query,value; for a decoder q_proj,k_proj,v_proj,o_proj)",
     )
     cmp.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds (default: 0)")
     steps = _bounded(1, _MAX_STEPS)
-    cmp.add_argument("--steps", type=steps, help="training steps per method (default 150; 8 with --quick)")
-    cmp.add_argument("--batch-size", type=_bounded(1, _MAX_BATCH), default=16)
+    cmp.add_argument(
+        "--steps", type=steps, help=f"training steps per method (default 150, decoder {LLM_STEPS}; 8 or 4 with --quick)"
+    )
+    cmp.add_argument(
+        "--batch-size", type=_bounded(1, _MAX_BATCH), help=f"examples per step (default 16, decoder {LLM_BATCH})"
+    )
     cmp.add_argument("--lr", type=_lr, help="adapter learning rate for every method (default: tuned per family)")
     cmp.add_argument("--head-lr", type=_lr, help="learning rate of the classification head (default 1e-2)")
     examples = _bounded(1, _MAX_EXAMPLES)
     cmp.add_argument("--n-train", type=examples, help="training examples (default: all but the test set)")
-    cmp.add_argument("--n-test", type=examples, help="test examples (default 1000; 128 with --quick)")
+    cmp.add_argument(
+        "--n-test", type=examples, help=f"test examples (default 1000, decoder {LLM_N_TEST}; 128 or 16 with --quick)"
+    )
     cmp.add_argument(
         "--validation",
         type=_bounded(0, _MAX_EXAMPLES),
@@ -211,7 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--output", "-o", type=_path, default="runs/compare", help="output directory (default: %(default)s)"
     )
-    cmp.add_argument("--quick", action="store_true", help="smoke run (< 2 minutes): few steps, small test set")
+    cmp.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (< 2 minutes, decoder < 3): few methods and steps, small test set",
+    )
     cmp.add_argument("--threads", type=_bounded(1, _MAX_THREADS), help="torch threads per run (default: all cores)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -280,11 +296,24 @@ def _budget(args) -> int:
 
 
 QUICK_METHODS = ("head", "lora:r8", "tucker2:r1", "cp:tiny")
+QUICK_LLM_METHODS = ("zero-shot", "lora:r8", "tucker2:tiny")
+ENCODER_TARGETS = ("query", "value")
+LLM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The decoder job's defaults: its whole default run (11 methods) within 30 minutes on 2 cores (README).
+LLM_STEPS, LLM_BATCH, LLM_N_TEST = 40, 8, 150
 
 
 def _compare_settings(args):
     """Check every argument of ``compare`` that needs no training, and return its settings."""
-    from .experiments import DEFAULT_METHODS, CompareSettings, TrainSettings, default_model_path, parse_methods
+    from .experiments import (
+        DEFAULT_LLM_METHODS,
+        DEFAULT_METHODS,
+        CompareSettings,
+        TrainSettings,
+        default_model_path,
+        model_kind,
+        parse_methods,
+    )
 
     if not _is_data_file(args.dataset):
         given = [f"--{k}-column" for k in ("text", "label") if getattr(args, f"{k}_column") is not None]
@@ -292,26 +321,35 @@ def _compare_settings(args):
             raise ValueError(
                 f"`{given[0]}` only applies to a data file (`--dataset PATH`), got --dataset {args.dataset}."
             )
-    model_path = Path(args.model) if args.model is not None else default_model_path()
-    if not (model_path / "config.json").is_file():
-        raise ValueError(f"`--model` {str(model_path)!r} is not a checkpoint directory (no config.json in it).")
-    methods = args.methods
-    if args.quick and methods == list(DEFAULT_METHODS):
-        methods = list(QUICK_METHODS)
+    source = args.model if args.model is not None else str(default_model_path())
+    decoder = model_kind(source) == "decoder"
+    if not decoder and not (Path(source) / "config.json").is_file():
+        raise ValueError(f"`--model` {source!r} is not a checkpoint directory (no config.json in it).")
+    if decoder and args.head_lr is not None:
+        raise ValueError(f"`--head-lr` only applies to an encoder (a classification head), got --model {source}.")
+    quick_methods, default_methods = (
+        (QUICK_LLM_METHODS, DEFAULT_LLM_METHODS) if decoder else (QUICK_METHODS, DEFAULT_METHODS)
+    )
+    methods = args.methods or list(quick_methods if args.quick else default_methods)
     specs = parse_methods(methods, budgets=args.budgets)
-    train = TrainSettings(steps=args.steps or (8 if args.quick else 150), batch_size=args.batch_size)
+    if decoder:
+        steps, batch, n_train, n_test = (4, 2, 64, 16) if args.quick else (LLM_STEPS, LLM_BATCH, None, LLM_N_TEST)
+    else:
+        steps, batch, n_train, n_test = (8, 16, 512, 128) if args.quick else (150, 16, None, 1000)
+    train = TrainSettings(steps=args.steps or steps, batch_size=args.batch_size or batch)
     if args.head_lr is not None:
         train = dataclasses.replace(train, head_lr=args.head_lr)
+    targets = args.targets or list(LLM_TARGETS if decoder else ENCODER_TARGETS)
     return CompareSettings(
-        model_path=str(model_path),
+        model_path=source,
         dataset=args.dataset,
         text_column=args.text_column,
         label_column=args.label_column,
         methods=tuple(specs),
-        target_modules=tuple(args.targets),
+        target_modules="all-linear" if targets == ["all-linear"] else tuple(targets),
         seeds=tuple(args.seeds),
-        n_train=args.n_train or (512 if args.quick else None),
-        n_test=args.n_test or (128 if args.quick else 1000),
+        n_train=args.n_train or n_train,
+        n_test=args.n_test or n_test,
         train=train,
         lr=args.lr,
         threads=args.threads,
@@ -321,9 +359,18 @@ def _compare_settings(args):
 
 
 def _compare(args) -> int:
-    from .experiments import check_data_sizes, format_table, prepare_output_dir, run_compare, write_outputs
+    from .experiments import (
+        check_data_sizes,
+        check_methods,
+        format_table,
+        model_kind,
+        prepare_output_dir,
+        run_compare,
+        write_outputs,
+    )
 
     settings = _compare_settings(args)
+    check_methods(settings, model_kind(settings.model_path))
     _check_budgets(settings)
     check_data_sizes(settings)
     out_dir = Path(args.output)
@@ -345,11 +392,15 @@ def _compare(args) -> int:
 
 def _check_budgets(settings) -> None:
     """Resolve every method on the model structure first, so a bad budget fails before any training."""
-    from .experiments import FAMILIES, at_format_max, model_from_path, resolve_method
+    from .experiments import FAMILIES, at_format_max, causal_lm_directory, model_from_path, model_kind, resolve_method
 
-    model = model_from_path(settings.model_path, name="--model")
+    if model_kind(settings.model_path) == "decoder":
+        model = model_from_path(causal_lm_directory(settings.model_path), name="--model", causal=True)
+    else:
+        model = model_from_path(settings.model_path, name="--model")
+    targets = settings.target_modules
     for spec in settings.methods:
-        config, params, budget = resolve_method(spec, model, list(settings.target_modules))
+        config, params, budget = resolve_method(spec, model, targets if isinstance(targets, str) else list(targets))
         if config is not None and budget and params < budget and at_format_max(model, config):
             print(
                 f"note: {spec.label}: the budget ({budget:,}) is above the largest {FAMILIES[spec.family][1]} "

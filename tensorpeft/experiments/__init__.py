@@ -1,4 +1,4 @@
-"""The fine-tuning comparison behind ``tensorpeft compare``, the planner behind ``tensorpeft budget``, and offline LLMs.
+"""The comparison behind ``tensorpeft compare`` (encoders, decoder LLMs), the ``budget`` planner, offline LLMs.
 
 Needs the ``demo`` extra (the embedded model and data sets, matplotlib, tqdm).
 """
@@ -19,6 +19,7 @@ _HOMES = {
     "TextClassificationData": "_data",
     "load_dataset": "_data",
     "DEFAULT_METHODS": "_methods",
+    "DEFAULT_LLM_METHODS": "_methods",
     "MethodSpec": "_methods",
     "parse_methods": "_methods",
     "resolve_method": "_methods",
@@ -27,6 +28,8 @@ _HOMES = {
     "TrainSettings": "_train",
     "train_and_evaluate": "_train",
     "load_causal_lm": "_llm",
+    "causal_lm_directory": "_llm",
+    "model_kind": "_instruct",
     "smollm2_path": "_llm",
 }
 # Names the command line needs, resolved the same way but not in ``__all__``: they are no documented API.
@@ -36,6 +39,7 @@ _CLI_HOMES = {
     "model_from_path": "_budget",
     "model_from_shape": "_budget",
     "check_data_sizes": "_compare",
+    "check_methods": "_compare",
     "is_data_file": "_data",
     "default_model_path": "_compare",
     "prepare_output_dir": "_compare",
@@ -45,6 +49,7 @@ _CLI_HOMES = {
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_LLM_METHODS",
     "DEFAULT_METHODS",
     "CompareSettings",
     "MethodRow",
@@ -54,10 +59,12 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "budget_table",
+    "causal_lm_directory",
     "format_budget_table",
     "format_table",
     "load_causal_lm",
     "load_dataset",
+    "model_kind",
     "parse_methods",
     "resolve_method",
     "run_compare",

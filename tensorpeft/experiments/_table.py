@@ -14,19 +14,23 @@ __all__ = ["format_table"]
 
 def format_table(rows: list[MethodRow], evaluated_on: str = "test") -> str:
     """Aligned plain-text table of the rows (``evaluated_on`` names the accuracy column's data)."""
-    header = ("method", "ranks", "adapter params", "trainable", f"{evaluated_on} accuracy", "s/step", "peak MB")
+    generated = any(r.valid_answers for r in rows)  # the decoder job: exact match of generated answers
+    header = ["method", "ranks", "adapter params", "trainable", f"{evaluated_on} accuracy", "s/step", "peak MB"]
+    if generated:
+        header.insert(5, "valid answers")
     lines = []
     for r in rows:
         acc = f"{100 * r.accuracy_mean:.1f}" + (f" ± {100 * r.accuracy_std:.1f}" if len(r.accuracy) > 1 else "")
-        lines.append(
-            (
-                r.method,
-                r.ranks,
-                f"{r.adapter_params:,}",
-                f"{r.trainable_params:,}",
-                acc,
-                f"{r.seconds_per_step:.3f}",
-                f"{r.peak_memory_mb:.0f}",
-            )
-        )
-    return render_table(None, header, lines, left=(0, 1))
+        line = [
+            r.method,
+            r.ranks,
+            f"{r.adapter_params:,}",
+            f"{r.trainable_params:,}",
+            acc,
+            f"{r.seconds_per_step:.3f}" if r.seconds_per_step > 0 else "-",
+            f"{r.peak_memory_mb:.0f}",
+        ]
+        if generated:
+            line.insert(5, f"{100 * sum(r.valid_answers) / len(r.valid_answers):.1f}%" if r.valid_answers else "-")
+        lines.append(tuple(line))
+    return render_table(None, tuple(header), lines, left=(0, 1))

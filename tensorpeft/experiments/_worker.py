@@ -27,6 +27,11 @@ def _ranks_text(config) -> str:
     return text
 
 
+def _targets(target_modules):
+    """``"all-linear"`` as it is, a tuple of names as a list (what the configs take)."""
+    return target_modules if isinstance(target_modules, str) else list(target_modules)
+
+
 def _load_model(model_path):
     import transformers
     from transformers import AutoModel, AutoTokenizer
@@ -59,6 +64,14 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def _worker(payload: dict) -> dict:
     """Run one (method, seed) in a fresh process; returns a JSON-safe dict."""
+    import warnings
+
+    # transformers 5 deprecates a name PEFT still calls; nothing the user can act on, so not in their terminal
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    if payload.get("task") == "instruct":
+        from ._instruct import run_instruct
+
+        return run_instruct(payload)
     import torch
 
     from .. import nn as tpnn
@@ -71,7 +84,7 @@ def _worker(payload: dict) -> dict:
     encoder, tokenizer = _load_model(payload["model_path"])
     for p in encoder.parameters():
         p.requires_grad_(False)
-    config, params, budget = resolve_method(spec, encoder, list(payload["target_modules"]), seed=settings.seed)
+    config, params, budget = resolve_method(spec, encoder, _targets(payload["target_modules"]), seed=settings.seed)
     torch.manual_seed(settings.seed)
     if config is not None:
         encoder = tpnn.get_peft_model(encoder, config)

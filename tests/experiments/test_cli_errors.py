@@ -6,6 +6,7 @@ replaced by a function that fails the test) and every model is a shapes-only one
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -161,7 +162,7 @@ def test_arch_without_dims_is_refused(capsys):
 @pytest.mark.parametrize(
     ("which", "needle"),
     [
-        ("badjson", "OSError"),
+        ("badjson", "OSError|config.json cannot be read"),
         ("zeroheads", "ZeroDivisionError"),
         ("unknowntype", "config.json does not give a model"),
         ("empty", "is not a checkpoint directory"),
@@ -172,7 +173,7 @@ def test_arch_without_dims_is_refused(capsys):
 def test_bad_model_directory_is_one_line(command, which, needle, bad_dirs, capsys):
     status, _, err = _run([command, "--model", bad_dirs[which]], capsys)
     assert status == 2
-    assert "`--model`" in err and needle in err
+    assert "`--model`" in err and re.search(needle, err)
     _assert_one_line(err)
 
 

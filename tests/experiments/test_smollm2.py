@@ -464,3 +464,24 @@ def test_bf16_base_with_fp32_factors_generates(smollm2, trained, tmp_path):
     assert len(factors) == 3 * 4 and all(p.dtype == torch.float32 for p in factors.values())
     out = _greedy(loaded, tokenizer, PROMPTS[:4])
     assert out.shape == (4, 8) and 0 <= out.min() and out.max() < base16.config.vocab_size
+
+
+@slow
+@needs_model
+def test_quick_llm_compare_on_smollm2(tmp_path, capsys):
+    """`tensorpeft compare --model smollm2 --quick`, the CI smoke run: the table and files, not the accuracy."""
+    from tensorpeft.cli import main
+
+    assert main(["compare", "--model", "smollm2", "--quick", "--no-progress", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "instruction tuning" in out and "valid answers" in out
+    record = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["method"]: r for r in record["rows"]}
+    assert list(rows) == ["zero-shot", "lora:r8", "tucker2:tiny"]
+    assert rows["zero-shot"]["trainable_params"] == 0
+    # LoRA r=8 on q, k, v, o of 30 layers: 8 × (576+576 + 2 × (192+576) + 576+576) per layer
+    assert rows["lora:r8"]["adapter_params"] == 30 * 8 * (2 * 1152 + 2 * 768)
+    assert 0 < rows["tucker2:tiny"]["adapter_params"] <= rows["lora:r8"]["adapter_params"] // 32
+    for row in rows.values():
+        assert 0.0 <= row["accuracy_mean"] <= 1.0 and 0.0 <= row["valid_answers"][0] <= 1.0
+    assert (tmp_path / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
