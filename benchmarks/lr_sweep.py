@@ -5,7 +5,11 @@ held-out sentences (the test sentences stay unseen) and are scored on those held
 validation accuracy over seeds per (method, lr), and the best lr per method. The chosen rates are what
 ``DEFAULT_LR`` in ``tensorpeft/experiments/_compare.py`` should hold.
 
+With ``--model smollm2`` (or another causal LM) the sweep is the decoder job's (its targets, steps, batch and
+``DEFAULT_LLM_LR``); the table then writes ``lr_sweep_llm.json``.
+
 Run:  python benchmarks/lr_sweep.py [--lrs 3e-3,1e-2,3e-2] [--seeds 0,1] [--validation 1000] [--quick]
+      python benchmarks/lr_sweep.py --model smollm2 --lrs 1e-3,3e-3,1e-2 --seeds 0 --validation 150
 Writes benchmarks/results/lr_sweep.json.
 """
 
@@ -18,7 +22,7 @@ import _common
 import numpy as np
 
 from tensorpeft.experiments import CompareSettings, TrainSettings, parse_methods, run_compare
-from tensorpeft.experiments._compare import DEFAULT_LR, default_model_path
+from tensorpeft.experiments._compare import DEFAULT_LLM_LR, DEFAULT_LR, default_model_path
 
 METHODS = "lora:r8,tucker2:r1,cp:r1,tt:r1,lora2:r8"
 
@@ -29,12 +33,18 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="3e-3,1e-2,3e-2")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--validation", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, help="default 150 (decoder: the CLI's default)")
     p.add_argument("--methods", default=METHODS)
+    p.add_argument("--model", help="'smollm2' (or a causal-LM checkpoint) for the decoder job; default the encoder")
     args = p.parse_args(argv)
+    from tensorpeft.cli import LLM_BATCH, LLM_STEPS, LLM_TARGETS
+    from tensorpeft.experiments import model_kind
+
+    decoder = args.model is not None and model_kind(args.model) == "decoder"
+    defaults = DEFAULT_LLM_LR if decoder else DEFAULT_LR
     lrs = [float(x) for x in args.lrs.split(",")]
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    steps, n_val, n_train = args.steps, args.validation, None
+    steps, n_val, n_train = args.steps or (LLM_STEPS if decoder else 150), args.validation, None
     if args.quick:
         seeds, steps, n_val, n_train, lrs = (0,), 3, 64, 128, lrs[:2]
     env = _common.environment()
@@ -45,20 +55,21 @@ def main(argv=None) -> int:
     params: dict[str, int] = {}
     for lr in lrs:
         settings = CompareSettings(
-            model_path=str(default_model_path()),
+            model_path=args.model or str(default_model_path()),
+            target_modules=LLM_TARGETS if decoder else ("query", "value"),
             methods=methods,
             seeds=seeds,
             n_train=n_train,
             n_val=n_val,
             evaluate_on="validation",
-            train=TrainSettings(steps=steps),
+            train=TrainSettings(steps=steps, batch_size=LLM_BATCH if decoder else 16),
             lr=lr,
             threads=args.threads,
         )
         for row in run_compare(settings, progress=sys.stderr.isatty()):
             scores.setdefault(row.method, {})[lr] = row.accuracy
             params[row.method] = row.adapter_params
-    header = ["method", "adapter params", *(f"lr {lr:g}" for lr in lrs), "best lr", "DEFAULT_LR now"]
+    header = ["method", "adapter params", *(f"lr {lr:g}" for lr in lrs), "best lr", "default now"]
     rows, choice = [], {}
     for method, by_lr in scores.items():
         means = {lr: float(np.mean(acc)) for lr, acc in by_lr.items()}
@@ -71,7 +82,7 @@ def main(argv=None) -> int:
                 f"{params[method]:,}",
                 *(f"{100 * means[lr]:.1f}" for lr in lrs),
                 f"{best:g}",
-                f"{DEFAULT_LR[family]:g}",
+                f"{defaults[family]:g}",
             ]
         )
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
@@ -98,7 +109,7 @@ def main(argv=None) -> int:
                 for m in scores
             ],
         }
-        name = "lr_sweep_quick" if args.quick else "lr_sweep"
+        name = ("lr_sweep_llm" if decoder else "lr_sweep") + ("_quick" if args.quick else "")
         print(f"wrote {_common.write_json(name, record)}")
     return 0
 

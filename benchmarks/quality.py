@@ -2,13 +2,15 @@
 
 This is the evidence behind the README's claims. It checks two targets and prints whether they hold:
 
-1. at <= 1/8 of LoRA r=8's adapter parameters (the ``:r1`` budget), Tucker-2 and CP are within one
-   accuracy point of LoRA r=8 (mean over seeds);
-2. in the tiny regime (under LoRA r=1's count, the ``:tiny`` budget) they beat the head-only baseline
-   clearly: their mean minus the baseline's exceeds two standard errors of the difference.
+1. at <= 1/8 of LoRA r=8's adapter parameters (the ``:r1`` budget; <= 1/10 for the decoder job), Tucker-2
+   and CP are within one accuracy point of LoRA r=8 (mean over seeds);
+2. in the tiny regime (under LoRA r=1's count, the ``:tiny`` budget) they beat the baseline (``head`` for
+   the encoder, ``zero-shot`` for the decoder) clearly: their mean minus the baseline's exceeds two standard
+   errors of the difference.
 
 Run:  python benchmarks/quality.py [--seeds 0,1,2] [--steps 150] [--quick]
-Writes benchmarks/results/quality.json (and the plot next to it).
+      python benchmarks/quality.py --model smollm2          # the decoder job (SmolLM2-135M-Instruct)
+Writes benchmarks/results/quality.json (quality_llm.json for a decoder; and the plot next to it).
 """
 
 from __future__ import annotations
@@ -32,25 +34,30 @@ from tensorpeft.experiments import (
 )
 from tensorpeft.experiments._methods import DEFAULT_METHODS
 
+# the decoder job: its baseline and the families the targets need (LoRA² and TT only at the sizes they reach)
+# ("{tenth}": a tenth of LoRA r=8's count on the model, computed before the run)
+LLM_METHODS = ("zero-shot", "lora:r8", "tucker2:{tenth}", "cp:{tenth}", "tucker2:tiny", "cp:tiny", "tt:tiny")
+
 
 def _row(rows, label):
     return next((r for r in rows if r.method == label), None)
 
 
-def _targets(rows) -> list[dict]:
+def _targets(rows, share: float = 1 / 8, matched: str = "r1") -> list[dict]:
+    """The two targets; ``share``: the largest fraction of LoRA r=8's count allowed at the budget ``matched``."""
     out = []
     lora8 = _row(rows, "lora:r8")
-    head = _row(rows, "head")
+    head = _row(rows, "head") or _row(rows, "zero-shot")
     for family in ("tucker2", "cp"):
-        matched = _row(rows, f"{family}:r1")
-        if lora8 and matched:
-            gap = 100 * (lora8.accuracy_mean - matched.accuracy_mean)
+        at = _row(rows, f"{family}:{matched}")
+        if lora8 and at:
+            gap = 100 * (lora8.accuracy_mean - at.accuracy_mean)
             out.append(
                 {
-                    "target": f"{family}:r1 within 1 point of lora:r8",
-                    "params_ratio": matched.adapter_params / lora8.adapter_params,
+                    "target": f"{family}:{matched} within 1 point of lora:r8 at <= {share:.3g} of its parameters",
+                    "params_ratio": at.adapter_params / lora8.adapter_params,
                     "gap_points": gap,
-                    "met": gap <= 1.0 and matched.adapter_params * 8 <= lora8.adapter_params,
+                    "met": gap <= 1.0 and at.adapter_params <= share * lora8.adapter_params,
                 }
             )
         tiny = _row(rows, f"{family}:tiny")
@@ -60,7 +67,7 @@ def _targets(rows) -> list[dict]:
             lift = 100 * (tiny.accuracy_mean - head.accuracy_mean)
             out.append(
                 {
-                    "target": f"{family}:tiny beats head clearly",
+                    "target": f"{family}:tiny beats {head.method} clearly",
                     "lift_points": lift,
                     "two_standard_errors_points": 200 * se,
                     "met": n > 1 and lift > 200 * se and lift > 0,
@@ -73,37 +80,56 @@ def main(argv=None) -> int:
     """Run the comparison over seeds; print the table and the targets; write JSON."""
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--model", help="'smollm2' (or a causal-LM checkpoint) for the decoder job; default the encoder")
+    p.add_argument("--steps", type=int, help="default 150 (decoder: the CLI's default, 40)")
+    p.add_argument("--n-test", type=int, help="default 1000 (decoder: the CLI's default, 150)")
+    p.add_argument("--methods", help=f"default {','.join(DEFAULT_METHODS)} (decoder: {','.join(LLM_METHODS)})")
     args = p.parse_args(argv)
+    from tensorpeft.cli import LLM_BATCH, LLM_N_TEST, LLM_STEPS, LLM_TARGETS
+    from tensorpeft.experiments import model_kind
+
+    decoder = args.model is not None and model_kind(args.model) == "decoder"
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    steps, n_test, n_train = args.steps, args.n_test, None
+    if decoder:
+        steps, n_test, batch, methods = LLM_STEPS, LLM_N_TEST, LLM_BATCH, LLM_METHODS
+    else:
+        steps, n_test, batch, methods = 150, 1000, 16, DEFAULT_METHODS
+    steps, n_test, n_train = args.steps or steps, args.n_test or n_test, None
+    tenth = "r1"
+    if decoder:  # a tenth of LoRA r=8's count on the real modules
+        from tensorpeft.experiments import causal_lm_directory
+        from tensorpeft.experiments._budget import model_from_path
+        from tensorpeft.experiments._methods import resolve_budget
+
+        shapes = model_from_path(causal_lm_directory(args.model), causal=True)
+        tenth = str(resolve_budget("r8", shapes, list(LLM_TARGETS)) // 10)
+    methods = args.methods.split(",") if args.methods else [m.format(tenth=tenth) for m in methods]
     if args.quick:
-        seeds, steps, n_test, n_train = (0, 1), 4, 64, 256
+        seeds, steps, n_test, n_train = (0, 1), 4, (16 if decoder else 64), 256
     env = _common.environment()
     _common.print_environment(env)
     settings = CompareSettings(
-        model_path=str(default_model_path()),
-        methods=tuple(parse_methods(args.methods.split(","))),
+        model_path=args.model or str(default_model_path()),
+        methods=tuple(parse_methods(methods)),
+        target_modules=LLM_TARGETS if decoder else ("query", "value"),
         seeds=seeds,
         n_train=n_train,
         n_test=n_test,
-        train=TrainSettings(steps=steps),
+        train=TrainSettings(steps=steps, batch_size=batch),
         threads=args.threads,
     )
     start = time.time()
     rows = run_compare(settings, progress=sys.stderr.isatty())
     print()
     print(format_table(rows))
-    targets = _targets(rows)
+    targets = _targets(rows, share=1 / 10 if decoder else 1 / 8, matched=tenth)
     print()
     for t in targets:
         detail = ", ".join(f"{k}={v:.2f}" for k, v in t.items() if isinstance(v, float))
         print(f"{'MET ' if t['met'] else 'MISS'}  {t['target']}  ({detail})")
     print(f"\n{len(rows)} methods × {len(seeds)} seeds in {time.time() - start:.0f} s")
     if not args.no_json:
-        name = "quality_quick" if args.quick else "quality"
+        name = ("quality_llm" if decoder else "quality") + ("_quick" if args.quick else "")
         out_dir = Path(__file__).resolve().parent / "results" / name
         paths = write_outputs(rows, settings, out_dir)
         summary = {

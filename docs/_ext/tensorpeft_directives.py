@@ -310,15 +310,24 @@ class Results(_Base):
         return self.parse_lines(lines)
 
 
+def _targets(target_modules) -> str:
+    return target_modules if isinstance(target_modules, str) else ", ".join(target_modules)
+
+
 class CompareTable(_Base):
     """The main job's table as a reader wants it: one row per method, accuracy in %, the plot below.
 
     Reads ``compare/results.json`` (a full default run) and, when present, ``quality.json`` (the same
     methods over several seeds) from ``benchmarks/results``; shows the content when neither exists.
+    Options ``:run:`` and ``:quality:`` name another run folder and quality file (the decoder job:
+    ``compare-llm`` and ``quality_llm.json``); a run of the decoder job adds its valid-answer share.
     """
 
+    option_spec = {"run": directives.unchanged, "quality": directives.unchanged}
+
     def run(self):
-        path, quality_path = RESULTS / "compare" / "results.json", RESULTS / "quality.json"
+        folder, quality_name = self.options.get("run", "compare"), self.options.get("quality", "quality.json")
+        path, quality_path = RESULTS / folder / "results.json", RESULTS / quality_name
         if not path.exists():
             return self.parse_lines(list(self.content))
         for p in (path, quality_path):
@@ -334,7 +343,7 @@ class CompareTable(_Base):
         versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
         lines = [
             f"Run of {record['date']} on {record['machine']['cpus']} CPU cores ({versions}): dataset "
-            f"``{settings['dataset']}``, adapters on ``{', '.join(settings['target_modules'])}``, "
+            f"``{settings['dataset']}``, adapters on ``{_targets(settings['target_modules'])}``, "
             f"{train['steps']} steps of {train['batch_size']}, seed {', '.join(map(str, settings['seeds']))}"
             + (
                 f"; the seeds column: mean ± std over seeds {', '.join(map(str, quality['seeds']))}."
@@ -345,6 +354,9 @@ class CompareTable(_Base):
         ]
         # peak memory stays in results.json and the CLI table: one column fewer keeps the table on screen
         header = ["method", "format", "ranks", "adapter params", "accuracy %", "s/step"]
+        generated = any(r.get("valid_answers") for r in record["rows"])
+        if generated:
+            header.insert(5, "valid answers %")
         if quality:
             header.insert(5, f"{len(quality['seeds'])} seeds")
         body = []
@@ -355,8 +367,11 @@ class CompareTable(_Base):
                 r["ranks"] if r["ranks"] != "-" else "—",  # a lone "-" would open a bullet list
                 fmt_int(r["adapter_params"]),
                 f"{100 * r['accuracy_mean']:.1f}",
-                f"{r['seconds_per_step']:.3f}",
+                f"{r['seconds_per_step']:.3f}" if r["seconds_per_step"] > 0 else "—",
             ]
+            if generated:
+                valid = r.get("valid_answers") or []
+                row.insert(5, f"{100 * sum(valid) / len(valid):.1f}" if valid else "—")
             if quality:
                 q = seeds.get(r["method"])
                 row.insert(5, f"{100 * q['accuracy_mean']:.1f} ± {100 * q['accuracy_std']:.1f}" if q else "—")
