@@ -31,7 +31,6 @@ Importing this module imports no torch (the command line reads :func:`model_kind
 
 from __future__ import annotations
 
-import math
 import string
 import time
 from pathlib import Path
@@ -235,37 +234,20 @@ def train_instruct(model, prompts, labels, answers, settings, *, pad_id: int, pr
     """
     import torch
 
-    from ._train import _batches
+    from ._train import _batches, train_step, warmup_decay
 
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = max(1, int(settings.warmup * settings.steps))
-
-    def schedule(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_decay(optimizer, settings)
     lengths = np.fromiter((len(p) for p in prompts), dtype=np.int64)
     losses, times = [], []
     model.train()
     for idx in _batches(lengths, settings.batch_size, settings.steps, rng):
-        start = time.perf_counter()
-        loss = _answer_loss(model, [prompts[i] for i in idx], [answers[labels[i]] for i in idx], pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        times.append(time.perf_counter() - start)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"training loss became {losses[-1]} at step {len(losses)}")
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        batch_prompts, batch_answers = [prompts[i] for i in idx], [answers[labels[i]] for i in idx]
+        train_step(lambda p=batch_prompts, a=batch_answers: _answer_loss(model, p, a, pad_id),
+                   optimizer, scheduler, losses, times, progress)  # fmt: skip
     model.eval()
     return losses, float(np.median(times)) if times else 0.0
 

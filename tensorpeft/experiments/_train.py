@@ -143,14 +143,7 @@ def train_and_evaluate(
     if other:
         groups.append({"params": other, "lr": settings.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
-    warmup = max(1, int(settings.warmup * settings.steps))
-
-    def schedule(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_decay(optimizer, settings)
     lengths = np.fromiter((len(e) for e in train_encoded), dtype=np.int64)
     labels = torch.as_tensor(train_labels)
     losses, times = [], []
@@ -163,20 +156,12 @@ def train_and_evaluate(
     feature_seconds = time.perf_counter() - start if features is not None else 0.0
     for idx in schedule_batches:
         ids, mask = _pad(train_encoded, idx, pad_id)
-        start = time.perf_counter()
-        logits = model.head(features[idx]) if features is not None else model(ids, mask)
-        loss = nn.functional.cross_entropy(logits, labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        times.append(time.perf_counter() - start)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"training loss became {losses[-1]} at step {len(losses)}")
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+
+        def loss_of_batch(idx=idx, ids=ids, mask=mask):
+            logits = model.head(features[idx]) if features is not None else model(ids, mask)
+            return nn.functional.cross_entropy(logits, labels[idx])
+
+        train_step(loss_of_batch, optimizer, scheduler, losses, times, progress)
     accuracy, eval_seconds = evaluate(model, test_encoded, test_labels, settings.eval_batch_size, pad_id)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return TrainResult(
@@ -190,6 +175,41 @@ def train_and_evaluate(
         final_loss=float(np.mean(losses[-20:])) if losses else float("nan"),
         losses=losses,
     )
+
+
+def warmup_decay(optimizer, settings: TrainSettings):
+    """Both jobs' learning-rate schedule: linear warm-up over ``settings.warmup`` of the steps, then linear decay."""
+    warmup = max(1, int(settings.warmup * settings.steps))
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def train_step(loss_fn, optimizer, scheduler, losses: list, times: list, progress=None) -> None:
+    """One optimizer step on ``loss_fn()``: its loss and seconds appended to ``losses``/``times``.
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss is not finite.
+    """
+    start = time.perf_counter()
+    loss = loss_fn()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    times.append(time.perf_counter() - start)
+    losses.append(loss.item())
+    if not math.isfinite(losses[-1]):
+        raise FloatingPointError(f"training loss became {losses[-1]} at step {len(losses)}")
+    if progress is not None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
 
 
 @torch.no_grad()
