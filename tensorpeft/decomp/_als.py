@@ -1,4 +1,4 @@
-"""Alternating least squares for any tensor network in which every factor appears once.
+"""Alternating least squares for any tensor network, with a damped Gauss-Newton step for tied factors.
 
 With all factors but one fixed, the network is linear in the remaining factor ``F``. Writing ``b`` for
 the indices ``F`` shares with the output, ``c`` for its contracted (bond) indices and ``m`` for the
@@ -7,6 +7,17 @@ output indices it lacks, the best ``F`` solves, for every ``b``, the normal equa
 contraction of the other factors. Both are computed as contractions of the *factors* (opt_einsum
 chooses the order), never by forming ``E``; for CP this is exactly CP-ALS with Hadamard products of
 Grams and the MTTKRP.
+
+A *tied* factor ``T`` (one array on ``m >= 2`` operands, e.g. ``U`` in ``U Σ_l Uᵀ``) makes ΔW a
+polynomial of degree ``m`` in ``T``: no linear solve gives its best value. Its block update is a
+Levenberg-Marquardt step instead (:func:`_tied_step`): ΔW is linearized in ``T``,
+``ΔW(T + D) ≈ ΔW(T) + Σ_u J_u D`` (``J_u`` the Jacobian through use ``u``), the Gauss-Newton matrix
+``Σ_uv J_uᵀ J_v`` and gradient ``Σ_u J_uᵀ R`` are contracted from the factors as above (cross terms
+``u ≠ v`` included), and the damped step is taken only if it lowers the error (the damping grows until it
+does, shrinks after a success). Every block update then lowers the error or keeps it, so the sweeps
+descend monotonically; near a zero-residual solution the step is Gauss-Newton's, which converges fast.
+It forms a dense ``n × n`` matrix, ``n`` the number of entries of the tied factor, and solves it: meant
+for tied factors of up to a few thousand entries.
 """
 
 from __future__ import annotations
@@ -36,9 +47,9 @@ def _update(fmt, factors, name, target, ops):
     """Return the least-squares optimal factor ``name`` given the others."""
     out = fmt._output
     term = fmt.factor_indices[name]
-    others = [n for n in fmt.factor_names if n != name]
-    other_terms = [fmt.factor_indices[n] for n in others]
-    other_arrays = [factors[n] for n in others]
+    others = [(t, n) for n, t in zip(fmt.operand_names, fmt.operand_indices, strict=True) if n != name]
+    other_terms = [t for t, _ in others]
+    other_arrays = [factors[n] for _, n in others]
     other_letters = set("".join(other_terms))
 
     b = "".join(c for c in term if c in out)
@@ -78,8 +89,111 @@ def _update(fmt, factors, name, target, ops):
     return ops.einsum(f"{b + c}->{term}", solution)
 
 
+_LM_START = 1e-3  # initial damping, relative to the mean diagonal of the Gauss-Newton matrix
+_LM_TRIES = 12  # damped steps tried per block update before the tied factor is left as it is
+
+
+def _rename(term: str, out: str, mapping: dict) -> str:
+    return "".join(ch if ch in out else mapping[ch] for ch in term)
+
+
+def _tied_system(fmt, factors, name, residual, ops):
+    """Gauss-Newton matrix ``H`` (``n × n``) and gradient ``g`` (``n``) of ΔW in the tied factor ``name``.
+
+    ``residual`` is ``target - ΔW`` with the equation's output indices.
+    """
+    out = fmt._output
+    operands = list(zip(fmt.operand_names, fmt.operand_indices, strict=True))
+    uses = [k for k, (n, _) in enumerate(operands) if n == name]
+    like = factors[name]
+    dtype = ops.dtype_of(like)
+    size = fmt.sizes
+    n = math.prod(size[ch] for ch in fmt.factor_indices[name])
+    used = set(size) | set(out)
+
+    def environment(k, mapping):
+        """Terms and arrays of every operand but ``k``, non-output letters renamed by ``mapping``.
+
+        Vectors of ones stand for the letters of operand ``k`` that neither another operand nor the output
+        carries (size-1 bonds).
+        """
+        terms = [_rename(t, out, mapping) for j, (_, t) in enumerate(operands) if j != k]
+        arrays = [factors[nm] for j, (nm, _) in enumerate(operands) if j != k]
+        present = set(out).union(*(t for j, (_, t) in enumerate(operands) if j != k))
+        for ch in operands[k][1]:
+            if ch not in present:
+                terms.append(mapping[ch])
+                arrays.append(ops.zeros((size[ch],), dtype, like=like) + 1)
+        return terms, arrays
+
+    inner = sorted(set(size) - set(out))
+    gram = grad = None
+    for u in uses:
+        fresh = _fresh(set(used))
+        a = {ch: next(fresh) for ch in inner}
+        terms_u, arrays_u = environment(u, a)
+        t_u = _rename(operands[u][1], out, a)
+        rhs = contract(f"{','.join([out, *terms_u])}->{t_u}", residual, *arrays_u, ops=ops).reshape((n,))
+        grad = rhs if grad is None else grad + rhs
+        for v in uses:
+            block_fresh = _fresh(set(used) | set(a.values()))
+            b = {ch: next(block_fresh) for ch in inner}
+            terms_v, arrays_v = environment(v, b)
+            t_v = _rename(operands[v][1], out, b)
+            # an output index in both uses is one index of the contraction: a diagonal, restored by identities
+            shared = [ch for ch in t_v if ch in t_u]
+            primes = {ch: next(block_fresh) for ch in shared}
+            joint = t_u + "".join(ch for ch in t_v if ch not in t_u)
+            # an output index only this use carries (``o`` of ``U[o, a]`` for u == v) is constant in the block
+            present = set("".join(terms_u + terms_v))
+            missing = [ch for ch in joint if ch not in present]
+            ones = [ops.zeros((size[ch],), dtype, like=like) + 1 for ch in missing]
+            block = contract(
+                f"{','.join([*terms_u, *terms_v, *missing])}->{joint}", *arrays_u, *arrays_v, *ones, ops=ops
+            )
+            if shared:
+                eyes = [ops.eye(size[ch], dtype, like=like) for ch in shared]
+                spec = ",".join([joint, *(ch + primes[ch] for ch in shared)])
+                t_v_full = "".join(primes.get(ch, ch) for ch in t_v)
+                block = contract(f"{spec}->{t_u}{t_v_full}", block, *eyes, ops=ops)
+            block = block.reshape((n, n))
+            gram = block if gram is None else gram + block
+    return gram, grad
+
+
+def _tied_step(fmt, factors, name, target, err, ref, ops, damping):
+    """One accepted Levenberg-Marquardt step on tied factor ``name``; return ``(factors, err, damping)``.
+
+    The step solves ``(H + λ·mean(diag H)·I) d = g``; a step that does not lower the error is refused and
+    ``λ`` multiplied by 4, an accepted one divides it by 3. After :data:`_LM_TRIES` refusals the factor
+    is left as it is (the error never rises) and the damping it came with is kept for the next sweep.
+    """
+    rebuilt = contract(fmt.equation, *(factors[n] for n in fmt.operand_names), ops=ops)
+    residual = target - rebuilt.reshape(target.shape)
+    gram, grad = _tied_system(fmt, factors, name, residual, ops)
+    n = grad.shape[0]
+    like = factors[name]
+    eye = ops.eye(n, ops.dtype_of(like), like=like)
+    scale = float(ops.einsum("ii->", gram)) / n
+    if not scale > 0:
+        return factors, err, damping
+    lam = damping
+    for _ in range(_LM_TRIES):
+        step = ops.pinv_hermitian(gram + eye * (lam * scale)) @ grad.reshape((n, 1))
+        trial = dict(factors)
+        trial[name] = like + step.reshape(like.shape)
+        new_err = _plain_error(fmt, target, trial, ref, ops)
+        if new_err < err:
+            return trial, new_err, max(lam / 3, 1e-12)
+        lam *= 4
+    return factors, err, damping  # a stationary point of this block: no step lowers the error
+
+
 def fit_als(fmt, dense, init, *, n_iter_max, tol, ops):
     """Run ALS sweeps from ``init``; return ``(factors, rel_err)``.
+
+    Each sweep updates every factor once, in order: an untied factor by its least-squares solve, a tied
+    one by a damped Gauss-Newton step (:func:`_tied_step`).
 
     ``dense`` should be of moderate scale (:func:`fit_scaled` hands over ``dense / 2**e`` with its largest
     entry in ``[0.5, 1)``): the error of each sweep, which decides when to stop, is a plain norm.
@@ -90,9 +204,15 @@ def fit_als(fmt, dense, init, *, n_iter_max, tol, ops):
     if ref == 0:
         return {n: v * 0 for n, v in factors.items()}, 0.0
     err = _plain_error(fmt, dense, factors, ref, ops)
+    tied = getattr(fmt, "tied_factors", {})
+    damping = dict.fromkeys(tied, _LM_START)
     for _ in range(n_iter_max):
         for name in fmt.factor_names:
-            factors[name] = _update(fmt, factors, name, target, ops)
+            if name in tied:
+                step_err = _plain_error(fmt, dense, factors, ref, ops)
+                factors, _, damping[name] = _tied_step(fmt, factors, name, target, step_err, ref, ops, damping[name])
+            else:
+                factors[name] = _update(fmt, factors, name, target, ops)
         new_err = _plain_error(fmt, dense, factors, ref, ops)
         done = abs(err - new_err) < tol or new_err < tol
         err = new_err
@@ -103,7 +223,7 @@ def fit_als(fmt, dense, init, *, n_iter_max, tol, ops):
 
 def _plain_error(fmt, dense, factors, ref, ops) -> float:
     """``‖dense - to_dense(factors)‖ / ref`` without the checks and rescaling of ``relative_error``."""
-    rebuilt = contract(fmt.equation, *(factors[n] for n in fmt.factor_names), ops=ops)
+    rebuilt = contract(fmt.equation, *(factors[n] for n in fmt.operand_names), ops=ops)
     return ops.norm(dense - rebuilt.reshape(dense.shape)) / ref
 
 
@@ -183,11 +303,15 @@ def _split(total: int, names) -> dict:
     return {n: base + (1 if k < rem else 0) for k, n in enumerate(names)}
 
 
-def _plans(exps, k: int, carrier, fixed: bool):
-    """Candidate shifts: ``2**k`` split over ``carrier``, then (unless ``fixed``) balanced over all factors."""
+def _plans(exps, k: int, carrier, fixed: bool, tied=()):
+    """Candidate shifts: ``2**k`` split over ``carrier``, then (unless ``fixed``) balanced over the factors.
+
+    A ``tied`` factor (on several operands) takes no part in the balance: a shift of it would scale ΔW once
+    per use.
+    """
     plans = [_split(k, carrier)]
     if not fixed:
-        nonzero = [n for n, e in exps.items() if e is not None]
+        nonzero = [n for n, e in exps.items() if e is not None and n not in tied]
         if nonzero:
             total = k + sum(exps[n] for n in nonzero)
             target = _split(total, nonzero)
@@ -195,12 +319,13 @@ def _plans(exps, k: int, carrier, fixed: bool):
     return plans
 
 
-def place_scale(factors, k: int, dtype, ops, carrier, *, fixed: bool = False) -> dict:
+def place_scale(factors, k: int, dtype, ops, carrier, *, fixed: bool = False, tied=()) -> dict:
     """Multiply the product of ``factors`` by ``2**k`` and return them in ``dtype``.
 
     The scale goes on the factors named by ``carrier`` (split evenly) if that keeps every factor's
     largest entry well inside the range of ``dtype``; otherwise (unless ``fixed``: orthonormal planes
-    must stay so) it is balanced so that every factor gets about the same largest entry.
+    must stay so) it is balanced so that every factor gets about the same largest entry. ``carrier`` must
+    hold untied factors only, and the ``tied`` ones (names on several operands) keep their scale.
 
     Raises
     ------
@@ -210,7 +335,7 @@ def place_scale(factors, k: int, dtype, ops, carrier, *, fixed: bool = False) ->
     peaks = {n: max_abs(v, ops) for n, v in factors.items()}
     exps = {n: (exponent(p) if p > 0 else None) for n, p in peaks.items()}
     low, high = _exponent_range(dtype, ops)
-    plans = _plans(exps, k, tuple(carrier), fixed)
+    plans = _plans(exps, k, tuple(carrier), fixed, tuple(tied))
     chosen = plans[-1]
     for plan in plans:
         if all(e is None or low <= e + plan.get(n, 0) <= high for n, e in exps.items()):
@@ -263,7 +388,8 @@ def fit_scaled(fmt, dense, solve, ops, *, carrier, fixed: bool = False):
     if abs(e) <= _ORDINARY:
         e = 0  # ordinary scale: fitted as it is, without a scaled copy
     x = times_pow2(cast(dense, working_dtype(dtype, ops), ops), -e)
-    factors = place_scale(solve(x), e, dtype, ops, carrier, fixed=fixed)
+    tied = tuple(getattr(fmt, "tied_factors", {}))
+    factors = place_scale(solve(x), e, dtype, ops, carrier, fixed=fixed, tied=tied)
     return factors, fmt.relative_error(dense, factors)
 
 
@@ -275,6 +401,7 @@ def relative_error(fmt, dense, factors, ops) -> float:
     before the difference, so the result is the plain formula's, as if the range were unlimited.
     """
     first = factors[fmt.factor_names[0]]
+    uses = [fmt.operand_names.count(n) for n in fmt.factor_names]
     work = wider(working_dtype(ops.dtype_of(dense), ops), working_dtype(first.dtype, ops), ops)
     d = cast(detach(dense, ops), work, ops)
     arrays = {name: convert(factors[name], d, ops) for name in fmt.factor_names}
@@ -283,11 +410,11 @@ def relative_error(fmt, dense, factors, ops) -> float:
     if not all(peaks.values()):
         return 1.0 if peak_d > 0 else 0.0  # the product is exactly zero
     exps = {name: exponent(p) for name, p in peaks.items()}
-    fast = _plain_if_safe(fmt, d, arrays, exponent(peak_d), exps, ops)
+    fast = _plain_if_safe(fmt, d, arrays, exponent(peak_d), [exps[n] for n in fmt.operand_names], ops)
     if fast is not None:
         return fast
-    total = sum(exps.values())
-    scaled = [times_pow2(arrays[n], -exps[n]) for n in fmt.factor_names]
+    total = sum(exps[n] * k for n, k in zip(fmt.factor_names, uses, strict=True))  # a tied factor once per use
+    scaled = [times_pow2(arrays[n], -exps[n]) for n in fmt.operand_names]
     rec = contract(fmt.equation, *scaled, ops=ops).reshape(d.shape)
     peak_r = max_abs(rec, ops)
     if peak_r == 0:
@@ -306,14 +433,15 @@ def relative_error(fmt, dense, factors, ops) -> float:
 def _plain_if_safe(fmt, d, arrays, e_d, exps, ops) -> float | None:
     """The plain formula where no product or square can leave the range (data of ordinary scale), else None.
 
-    Safe when ``d`` and every factor have largest entries within ``2**±L``, ``L`` a quarter of the dtype's
+    ``exps`` holds the exponent of each operand's largest entry (a tied factor once per use). Safe when
+    ``d`` and every factor have largest entries within ``2**±L``, ``L`` a quarter of the dtype's
     exponent range divided among the factors, and the residual is not so small that its squares underflow.
     """
     low, high = _exponent_range(d.dtype, ops)
     bound = min(-low, high) // 4
-    if abs(e_d) > bound or sum(abs(e) for e in exps.values()) > bound:
+    if abs(e_d) > bound or sum(abs(e) for e in exps) > bound:
         return None
-    rec = contract(fmt.equation, *(arrays[n] for n in fmt.factor_names), ops=ops).reshape(d.shape)
+    rec = contract(fmt.equation, *(arrays[n] for n in fmt.operand_names), ops=ops).reshape(d.shape)
     err, ref = ops.norm(d - rec), ops.norm(d)
     if ref == 0 or not math.isfinite(err) or (err and exponent(err) <= low // 2 + _STEP // 4):
         return None

@@ -40,6 +40,11 @@ __all__ = ["TensorNetwork"]
 
 
 def _parse_equation(equation: str) -> tuple[list[str], str]:
+    if isinstance(equation, str) and "+" in equation:
+        raise ValueError(
+            f"`equation` must be one einsum product of factors, got {equation!r} with a '+': a sum of networks "
+            "is not one einsum equation; write each term as its own format."
+        )
     if not isinstance(equation, str) or equation.count("->") != 1:
         raise ValueError(f"`equation` must be an explicit einsum string like 'or,lrs,is->loi', got {equation!r}.")
     lhs, out = equation.replace(" ", "").split("->")
@@ -47,6 +52,11 @@ def _parse_equation(equation: str) -> tuple[list[str], str]:
     if any(not term for term in inputs):
         raise ValueError(f"`equation` has an empty operand: {equation!r}.")
     for term in [*inputs, out]:
+        if "..." in term:
+            raise ValueError(
+                f"`equation` term {term!r} has an ellipsis ('...'); a format names every index with a letter "
+                "(no broadcast dimensions): write the stack modes as letters and list them in `stack_indices`."
+            )
         if len(set(term)) != len(term):
             raise ValueError(f"`equation` term {term!r} repeats an index; traces and diagonals are not formats.")
         if not all(ch in _ASCII_LETTERS for ch in term):
@@ -60,11 +70,20 @@ def _check_index_string(value, name: str) -> str:
     return value
 
 
+_NAMES_EXPECTED = (
+    "`factor_names` must be {count} distinct names (one per operand), or repeat a name on operands of one shape "
+    "to tie them"
+)
+
+
 def _check_factor_names(factor_names, count: int) -> tuple[str, ...]:
-    """``count`` distinct str names (default ``F0, F1, ...``); at most ``count + 1`` items are read."""
+    """``count`` str names, one per operand (default ``F0, F1, ...``); at most ``count + 1`` items are read.
+
+    A name may repeat (a tied factor); :func:`_check_ties` checks that its operands have one shape.
+    """
     if factor_names is None:
         return tuple(f"F{k}" for k in range(count))
-    expected = f"`factor_names` must be {count} distinct names (one per operand)"
+    expected = _NAMES_EXPECTED.format(count=count)
     if isinstance(factor_names, str | bytes) or not isinstance(factor_names, Iterable):
         raise TypeError(f"{expected}, got {factor_names!r}.")
     try:
@@ -73,9 +92,40 @@ def _check_factor_names(factor_names, count: int) -> tuple[str, ...]:
         raise TypeError(f"{expected}, got {factor_names!r}.") from None
     if not all(isinstance(n, str) for n in names):
         raise TypeError(f"{expected} of type str, got {names!r}.")
-    if len(names) != count or len(set(names)) != count:
+    if len(names) != count:
         raise ValueError(f"{expected}, got {names!r}.")
     return names
+
+
+def _check_ties(names: tuple[str, ...], inputs: list[str], sizes: dict[str, int]) -> None:
+    """A name repeated in ``names`` must name operands of one shape (one array serves them all)."""
+    first: dict[str, int] = {}
+    for k, (name, term) in enumerate(zip(names, inputs, strict=True)):
+        shape = tuple(sizes[c] for c in term)
+        if name not in first:
+            first[name] = k
+            continue
+        j = first[name]
+        shape_j = tuple(sizes[c] for c in inputs[j])
+        if shape != shape_j:
+            raise ValueError(
+                f"{_NAMES_EXPECTED.format(count=len(names))}: {name!r} names operand {j} {inputs[j]!r} of shape "
+                f"{shape_j} and operand {k} {term!r} of shape {shape}, got {names!r}."
+            )
+
+
+def _check_summed_indices(inputs: list[str], output: str, sizes: dict[str, int], equation: str) -> None:
+    """Refuse an index of size > 1 that only one operand carries and the output lacks."""
+    for k, term in enumerate(inputs):
+        for c in term:
+            if c in output or sizes[c] == 1 or any(c in other for j, other in enumerate(inputs) if j != k):
+                continue
+            raise ValueError(
+                f"index {c!r} of `equation`={equation!r} appears only in operand {k} ({term!r}) and not in the "
+                f"output: it is summed inside one factor, whose {sizes[c]} entries along it only add up "
+                "(redundant parameters, and a singular fit). Drop the index from that operand, or give it "
+                "size 1 in `sizes`."
+            )
 
 
 class TensorNetwork:
@@ -85,36 +135,51 @@ class TensorNetwork:
     ----------
     equation : str
         Explicit einsum equation, operands are the factors, e.g. ``"or,lrs,is->loi"``. The output lists
-        the stack indices, then the output-feature indices, then the input-feature indices. Each factor
-        appears once, so the network is linear in every factor (which is what makes :meth:`fit` work).
+        the stack indices, then the output-feature indices, then the input-feature indices. One product
+        of factors: a ``+`` (a sum of networks) and an ellipsis are refused, and so is an index of size
+        > 1 that only one operand carries and the output lacks (summed inside one factor, it would only
+        add redundant parameters); size-1 indices, such as the end bonds of a tensor train, may dangle.
     sizes : dict[str, int]
-        Size of every index letter.
+        Size of every index letter of ``equation``, and of no other.
     stack_indices, out_indices, in_indices : str
         Which output letters are stack modes, output-feature modes and input-feature modes (their
         concatenation must equal the output of ``equation``). Features split into several modes are
         flattened in row-major (C) order, as :func:`numpy.reshape` does.
     factor_names : sequence of str, optional
-        Names of the factors, in operand order. Default ``"F0", "F1", ...``.
+        Names of the operands, in order. Default ``"F0", "F1", ...``. A name given to several operands
+        *ties* them: one array (counted once in :attr:`num_params`) serves every operand it names, so
+        their index strings must give one shape, and its gradient is the sum over its uses. ΔW
+        ``U Σ_l Uᵀ`` is ``"oa,lab,ib->loi"`` with names ``("U", "S", "U")``.
     zero_factor : str, optional
-        The factor that :meth:`init` sets to zero so that ΔW == 0 at start (default: the last one).
+        The factor that :meth:`init` sets to zero so that ΔW == 0 at start (default: the last untied
+        one). It must be untied: ΔW is quadratic (or more) in a tied factor, whose gradient at zero is zero.
 
     Attributes
     ----------
     shape : tuple of int
         ``(*stack, out_features, in_features)``.
+    factor_names : tuple of str
+        The distinct factors, in order of first use (a tied factor once).
+    operand_names, operand_indices : tuple of str
+        The factor and the index string of each operand of ``equation``, in order.
+    tied_factors : dict[str, int]
+        Number of operands of each tied factor (empty when none is tied).
     factor_shapes : dict[str, tuple of int]
         Shape of each factor.
     num_params : int
-        Exact number of scalars in the factors.
+        Exact number of scalars in the factors (a tied factor counted once).
 
     Raises
     ------
     ValueError
-        If the equation is malformed, a letter has no positive size, or the stack/out/in split does not
-        match the equation's output. Sizes are bounded up front: a stack index and each feature size
-        (the product of its letters) at most ``2**31``, any other index (a rank) at most ``2**63 - 1``;
-        the equation may use at most 51 of einsum's 52 letters ``a-z``, ``A-Z`` (:meth:`apply` adds
-        one for the batch). Built-in formats check the same bounds on their own arguments.
+        If the equation is malformed (a ``+``, an ellipsis, a repeated index in a term, an index summed
+        inside one operand), a letter has no positive size, ``sizes`` names a letter the equation does
+        not use, a tied name covers operands of different shapes, ``zero_factor`` is tied (or every
+        factor is), or the stack/out/in split does not match the equation's output. Sizes are bounded
+        up front: a stack index and each feature size (the product of its letters) at most ``2**31``,
+        any other index (a rank) at most ``2**63 - 1``; the equation may use at most 51 of einsum's 52
+        letters ``a-z``, ``A-Z`` (:meth:`apply` adds one for the batch). Built-in formats check the
+        same bounds on their own arguments.
     TypeError
         If ``sizes`` is not a mapping, the index strings are not str, or ``factor_names`` is not a
         collection of str.
@@ -157,13 +222,23 @@ class TensorNetwork:
         inputs, output = _parse_equation(equation)
         if not isinstance(sizes, Mapping):
             raise TypeError(f"`sizes` must be a mapping from index letter to size, got {type(sizes).__name__}.")
+        for name, value in (("stack_indices", stack_indices), ("out_indices", out_indices), ("in_indices", in_indices)):
+            _check_index_string(value, name)
+        operand_names = _check_factor_names(factor_names, len(inputs))
+        names = tuple(dict.fromkeys(operand_names))
+        if zero_factor is not None and (not isinstance(zero_factor, str) or zero_factor not in names):
+            raise ValueError(f"`zero_factor` must be one of {names}, got {zero_factor!r}.")
         letters = set("".join(inputs)) | set(output)
         check_index_letters(len(letters), "equation")
         missing = sorted(c for c in letters if c not in sizes)
         if missing:
             raise ValueError(f"`sizes` has no size for indices {missing} of `equation`={equation!r}.")
-        for name, value in (("stack_indices", stack_indices), ("out_indices", out_indices), ("in_indices", in_indices)):
-            _check_index_string(value, name)
+        unused = [k for k in sizes if k not in letters]
+        if unused:
+            raise ValueError(
+                f"`sizes` gives a size to indices {unused} that `equation`={equation!r} never uses "
+                "(a typo?); give sizes to the equation's indices only."
+            )
         # stack and feature letters are sizes of the dense update (<= 2**31), the others ranks (<= 2**63 - 1)
         self.sizes = {
             k: check_size(sizes[k], f"sizes[{k!r}]", MAX_SIZE if k in output else MAX_RANK) for k in sorted(letters)
@@ -182,17 +257,32 @@ class TensorNetwork:
         orphans = sorted(set(output) - set("".join(inputs)))
         if orphans:
             raise ValueError(f"output indices {orphans} of `equation` appear in no factor.")
-        factor_names = _check_factor_names(factor_names, len(inputs))
-        if zero_factor is None:
-            zero_factor = factor_names[-1]
-        if not isinstance(zero_factor, str) or zero_factor not in factor_names:
-            raise ValueError(f"`zero_factor` must be one of {factor_names}, got {zero_factor!r}.")
-
         self.equation = f"{','.join(inputs)}->{output}"
+        _check_summed_indices(inputs, output, self.sizes, self.equation)
+        _check_ties(operand_names, inputs, self.sizes)
+        uses = {n: operand_names.count(n) for n in names}
+        untied = tuple(n for n in names if uses[n] == 1)
+        if zero_factor is None:
+            if not untied:
+                raise ValueError(
+                    f"`factor_names`={operand_names!r} ties every factor: ΔW is of degree >= 2 in each, so no "
+                    "factor can start at zero with a non-zero gradient; add an untied factor (a core) to zero."
+                )
+            zero_factor = next(n for n in reversed(operand_names) if uses[n] == 1)
+        if uses[zero_factor] > 1:
+            raise ValueError(
+                f"`zero_factor`={zero_factor!r} is tied (it names {uses[zero_factor]} operands): ΔW is of degree "
+                f"{uses[zero_factor]} in it, so zeroing it gives ΔW = 0 with a zero gradient as well; choose an "
+                f"untied factor, one of {untied}."
+            )
+
         self.stack_indices, self.out_indices, self.in_indices = stack_indices, out_indices, in_indices
-        self.factor_names = factor_names
+        self.operand_names = operand_names
+        self.operand_indices = tuple(inputs)
+        self.factor_names = names
+        self.tied_factors = {n: k for n, k in uses.items() if k > 1}
         self.zero_factor = zero_factor
-        self.factor_indices = dict(zip(factor_names, inputs, strict=True))
+        self.factor_indices = {n: inputs[operand_names.index(n)] for n in names}
         self._inputs, self._output = inputs, output
 
     # ------------------------------------------------------------------ shapes and counts
@@ -239,7 +329,7 @@ class TensorNetwork:
             "stack_indices": self.stack_indices,
             "out_indices": self.out_indices,
             "in_indices": self.in_indices,
-            "factor_names": self.factor_names,
+            "factor_names": self.operand_names,
             "zero_factor": self.zero_factor,
         }
 
@@ -355,15 +445,15 @@ class TensorNetwork:
         ops = self.check_factors(factors)
         dtype = ops.dtype_of(factors[self.factor_names[0]])
         check_allocation(math.prod(self.shape), ops.itemsize(dtype), "factors")
-        dense = contract(self.equation, *(factors[n] for n in self.factor_names), ops=ops)
+        dense = contract(self.equation, *(factors[n] for n in self.operand_names), ops=ops)
         return dense.reshape(self.shape)
 
     def _sliced(self, factors, index):
         """Factors with the stack modes fixed at ``index`` and their equation terms."""
         at = dict(zip(self.stack_indices, index, strict=True))
         terms, arrays = [], []
-        for name in self.factor_names:
-            term, array = self.factor_indices[name], factors[name]
+        for name, term in zip(self.operand_names, self.operand_indices, strict=True):
+            array = factors[name]
             key = tuple(at[c] if c in at else slice(None) for c in term)
             if any(c in at for c in term):
                 array = array[key]
@@ -419,7 +509,7 @@ class TensorNetwork:
         x2 = x.reshape((math.prod(lead), *(self.sizes[c] for c in self.in_indices)))
         batch = opt_einsum.get_symbol(_first_free_symbol(self.sizes))
         if index is None:
-            terms, arrays = list(self._inputs), [factors[n] for n in self.factor_names]
+            terms, arrays = list(self._inputs), [factors[n] for n in self.operand_names]
             out_terms = self.stack_indices + batch + self.out_indices
             out_shape = (*self.stack, *lead, self.out_features)
         else:
@@ -445,9 +535,12 @@ class TensorNetwork:
     def fit(self, dense, *, init=None, n_iter_max: int = 200, tol: float = 1e-12, seed: int = 0):
         """Decompose a dense tensor of :attr:`shape` into this format.
 
-        The generic route is alternating least squares: each factor appears once in the equation, so
-        with the others fixed the best factor solves a linear least-squares problem, whose normal
-        equations are formed by two contractions (never the full design matrix).
+        The generic route is alternating least squares: a factor on one operand enters ΔW linearly, so
+        with the others fixed its best value solves a linear least-squares problem, whose normal
+        equations are formed by two contractions (never the full design matrix). A tied factor (on
+        several operands) is not linear: its block update is a Levenberg-Marquardt (damped Gauss-Newton)
+        step on the true error, accepted only if it lowers it, so every sweep lowers the error or keeps
+        it. That step solves a dense ``n × n`` system, ``n`` the tied factor's number of entries.
 
         Parameters
         ----------
@@ -489,7 +582,8 @@ class TensorNetwork:
                 start = _als.start_from(init, x, ops)
             return _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops)[0]
 
-        return _als.fit_scaled(self, dense, solve, ops, carrier=self.factor_names)
+        carrier = tuple(n for n in self.factor_names if n not in self.tied_factors)
+        return _als.fit_scaled(self, dense, solve, ops, carrier=carrier)
 
     def relative_error(self, dense, factors) -> float:
         """``‖dense - to_dense(factors)‖ / ‖dense‖`` (``‖to_dense(factors)‖`` for a zero ``dense``).

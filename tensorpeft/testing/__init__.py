@@ -2,7 +2,9 @@
 
 Users test their own formats (custom :class:`~tensorpeft.decomp.TensorNetwork` equations or
 subclasses) with :func:`check_format`, and draw random instances, factors and inputs with the
-strategies. Requires ``hypothesis`` (``pip install tensorpeft[test]``); torch is optional.
+strategies. Requires ``hypothesis`` (``pip install tensorpeft[test]``); torch is optional. Importing
+the module registers the hypothesis profiles ``ci`` and ``thorough`` (:data:`PROFILES`) and loads the
+one named by the environment variable ``HYPOTHESIS_PROFILE``, in any script as under pytest.
 
 Examples
 --------
@@ -17,7 +19,8 @@ Examples
 
 from ._arrays import factors, indices, inputs
 from ._assert import TOLERANCES, assert_close, tolerance
-from ._checks import CHECKS, check_format
+from ._checks import CHECK_TOLERANCES, CHECKS, DTYPES, check_format
+from ._profiles import PROFILES, load_env_profile
 from ._strategies import (
     cp_formats,
     formats,
@@ -30,6 +33,9 @@ from ._strategies import (
 
 __all__ = [
     "CHECKS",
+    "CHECK_TOLERANCES",
+    "DTYPES",
+    "PROFILES",
     "TOLERANCES",
     "assert_close",
     "check_format",
@@ -45,3 +51,5 @@ __all__ = [
     "tolerance",
     "tucker2_formats",
 ]
+
+load_env_profile()

@@ -55,12 +55,15 @@ def tolerance(dtype) -> float:
 
 
 def to_numpy(array) -> np.ndarray:
-    """A numpy copy/view of a numpy array or torch tensor (detached, on the CPU)."""
+    """A numpy copy/view of a numpy array or torch tensor (detached, on the CPU; bfloat16 as float32)."""
     if isinstance(array, np.ndarray):
         return array
     detach = getattr(array, "detach", None)
     if detach is not None:
-        return detach().cpu().numpy()
+        tensor = detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widened exactly to float32
+            tensor = tensor.float()
+        return tensor.numpy()
     return np.asarray(array)
 
 

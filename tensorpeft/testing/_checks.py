@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 from collections.abc import Iterable
@@ -11,18 +12,34 @@ from itertools import islice
 import numpy as np
 
 from ..decomp.validate import check_seed
-from ._assert import assert_close, to_numpy, tolerance
+from ._assert import assert_close, to_numpy
+from ._profiles import load_env_profile
 
-__all__ = ["CHECKS", "check_format"]
+__all__ = ["CHECKS", "CHECK_TOLERANCES", "DTYPES", "check_format"]
 
 #: Names of the checks run by :func:`check_format`, in order (any of them can be skipped).
 CHECKS = ("structure", "to_dense", "apply", "init", "dtypes", "backends", "gradcheck", "fit", "errors")
+
+#: Floating dtypes in which the ``to_dense`` and ``apply`` checks compare a format against a float64
+#: reference, per backend. float64 and float32 are required (the ``dtypes`` check fails a format whose
+#: ``random`` refuses them); bfloat16 is checked where ``random(dtype="bfloat16")`` accepts it.
+DTYPES = {"numpy": ("float64", "float32"), "torch": ("float64", "float32", "bfloat16")}
+
+#: Relative tolerance of the ``to_dense`` and ``apply`` checks in each dtype: the largest error allowed,
+#: relative to the largest entry of the same contraction on absolute values (which bounds the round-off
+#: of a sum of products). float64 and float32 as :data:`~tensorpeft.testing.TOLERANCES`, about 10**6 and
+#: 10**3 unit round-offs (a 1% error in float32 is caught); bfloat16 (unit round-off 2**-9) rounds every
+#: stage of a contraction, so it is allowed a few round-offs per stage of a network of up to 6 factors.
+CHECK_TOLERANCES = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 5e-2}
 
 # numpy.einsum(optimize=False) loops over every index combination: above this many it is too slow to be
 # a reference, and numpy's own pairwise path (still independent of the library's) is used instead.
 _NAIVE_EINSUM_LIMIT = 10**7
 # gradcheck perturbs every scalar; above this many it projects onto random directions instead.
 _GRADCHECK_FULL_LIMIT = 256
+# Sweeps of an iterative fit (one with an `n_iter_max` argument) of a tensor that is not representable:
+# only the truthfulness of the reported error is checked there, which does not need convergence.
+_FIT_SWEEPS = 5
 
 
 def _fail(check: str, fmt, detail: str):
@@ -38,11 +55,13 @@ def _torch_available() -> bool:
 
 
 def _convert(factors: dict, backend: str, dtype=None) -> dict:
-    """Copy numpy factors to ``backend`` (and ``dtype``, default float64)."""
+    """Copy numpy factors to ``backend`` (and ``dtype``, a dtype or its name, default float64)."""
     if backend == "numpy":
         return {n: np.asarray(a, dtype=dtype or np.float64) for n, a in factors.items()}
     import torch
 
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
     return {n: torch.tensor(np.asarray(a), dtype=dtype or torch.float64) for n, a in factors.items()}
 
 
@@ -63,10 +82,16 @@ def _naive_einsum(equation: str, operands, sizes) -> np.ndarray:
     return np.einsum(equation, *operands, optimize=cost > _NAIVE_EINSUM_LIMIT)
 
 
+def _operand_names(fmt):
+    """The factor of each operand of ``fmt.equation``: ``operand_names`` (a tied name repeats) or ``factor_names``."""
+    names = getattr(fmt, "operand_names", None)
+    return getattr(fmt, "factor_names", None) if names is None else names
+
+
 def _reference(fmt, factors):
     """``(dense, |dense| bound)`` from ``fmt.equation`` by plain numpy.einsum, or ``None`` without one."""
     equation = getattr(fmt, "equation", None)
-    names = getattr(fmt, "factor_names", None)
+    names = _operand_names(fmt)
     if equation is None or names is None:
         return None
     arrays = [to_numpy(factors[n]).astype(np.float64) for n in names]
@@ -76,6 +101,18 @@ def _reference(fmt, factors):
     return dense, bound
 
 
+def _apply_all(dense: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x @ dense[s].T`` for every slice ``s``: shape ``(*stack, *x.shape[:-1], out)``."""
+    flat = x.reshape(-1, x.shape[-1])
+    y = np.swapaxes(dense @ flat.T, -1, -2)
+    return y.reshape((*dense.shape[:-2], *x.shape[:-1], dense.shape[-2]))
+
+
+def _swap_last(x, backend: str):
+    """Reverse the axes of ``x`` (a view: non-contiguous for more than one non-trivial axis)."""
+    return x.transpose(*reversed(range(x.ndim))) if backend == "numpy" else x.permute(*reversed(range(x.ndim)))
+
+
 class _Suite:
     def __init__(self, fmt, backends, seed, fit_tol):
         self.fmt = fmt
@@ -83,20 +120,29 @@ class _Suite:
         self.seed = seed
         self.fit_tol = 1e-8 if fit_tol is None else float(fit_tol)
         self.rng = np.random.default_rng(seed)
-        self.x = self.rng.standard_normal((2, 3, fmt.in_features))
+        n = fmt.in_features
+        self.x = self.rng.standard_normal((2, 3, n))
+        # inputs the format's code may mishandle: more than two leading dims, a transposed view, a strided slice
+        self._x_leading = self.rng.standard_normal((2, 3, 4, n))
+        self._x_transposed = self.rng.standard_normal((n, 3, 2))  # applied as its transpose, (2, 3, n)
+        self._x_strided = self.rng.standard_normal((4, 3, 2 * n))  # applied as [::2, :, ::2], (2, 3, n)
+        self._cases = {}
 
     # Computed on first use, so that the structure check reports a broken `random` before anything uses it.
     @functools.cached_property
     def factors(self) -> dict:
         return {n: to_numpy(a).astype(np.float64) for n, a in self.fmt.random(seed=self.seed).items()}
 
-    @functools.cached_property
-    def _dense_and_bound(self):
-        ref = _reference(self.fmt, self.factors)
+    def _reference_of(self, factors: dict):
+        ref = _reference(self.fmt, factors)
         if ref is None:  # no equation: the format's own numpy to_dense is all there is
-            dense = to_numpy(self.fmt.to_dense(self.factors)).astype(np.float64)
+            dense = to_numpy(self.fmt.to_dense(_convert(factors, "numpy"))).astype(np.float64)
             ref = (dense, np.abs(dense))
         return ref
+
+    @functools.cached_property
+    def _dense_and_bound(self):
+        return self._reference_of(self.factors)
 
     @property
     def dense(self) -> np.ndarray:
@@ -105,6 +151,39 @@ class _Suite:
     @property
     def dense_bound(self) -> np.ndarray:
         return self._dense_and_bound[1]
+
+    def case(self, backend: str, dtype: str):
+        """``(factors, dense, bound)`` in ``backend`` and ``dtype``, the reference in float64; None if unsupported.
+
+        Below float64 the factors are ``self.factors`` rounded to ``dtype``, and the reference is computed
+        from the rounded values: what is measured is the format's arithmetic, not the rounding of its input.
+        """
+        key = (backend, dtype)
+        if key not in self._cases:
+            if dtype == "float64":
+                self._cases[key] = (_convert(self.factors, backend), self.dense, self.dense_bound)
+            elif not self._supports(backend, dtype):
+                self._cases[key] = None
+            else:
+                factors = _convert(self.factors, backend, dtype)
+                wide = {n: to_numpy(a).astype(np.float64) for n, a in factors.items()}
+                self._cases[key] = (factors, *self._reference_of(wide))
+        return self._cases[key]
+
+    def _supports(self, backend: str, dtype: str) -> bool:
+        """Whether ``random(dtype=dtype)`` accepts ``dtype`` (a refused float32 is the `dtypes` check's to report)."""
+        try:
+            self.fmt.random(seed=self.seed, backend=backend, dtype=dtype)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def cases(self, backend: str):
+        """``(dtype, factors, dense, bound)`` for every supported dtype of :data:`DTYPES`, float64 first."""
+        for dtype in DTYPES[backend]:
+            case = self.case(backend, dtype)
+            if case is not None:
+                yield (dtype, *case)
 
     def fail(self, check, detail):
         _fail(check, self.fmt, detail)
@@ -124,6 +203,7 @@ class _Suite:
         for name, shape in shapes.items():
             if not isinstance(shape, tuple) or not all(type(n) is int and n >= 1 for n in shape):
                 self.fail("structure", f"`factor_shapes[{name!r}]` must be a tuple of positive ints, got {shape!r}.")
+        self._shapes_match_equation(shapes)
         total = sum(math.prod(s) for s in shapes.values())
         if type(fmt.num_params) is not int or fmt.num_params != total:
             self.fail(
@@ -147,18 +227,43 @@ class _Suite:
             if not np.array_equal(to_numpy(fac[name]), to_numpy(again[name])):
                 self.fail("structure", f"`random(seed={self.seed})[{name!r}]` differs between two calls.")
 
+    def _shapes_match_equation(self, shapes):
+        """``factor_shapes`` are the sizes of the letters of each factor's term of ``fmt.equation``, if any."""
+        fmt = self.fmt
+        equation, names, sizes = getattr(fmt, "equation", None), _operand_names(fmt), getattr(fmt, "sizes", None)
+        if not isinstance(equation, str) or names is None or not isinstance(sizes, dict):
+            return
+        terms = equation.replace(" ", "").split("->")[0].split(",")
+        if len(terms) != len(names) or set(names) != set(shapes):  # a name may repeat: a tied factor
+            self.fail(
+                "structure",
+                f"`factor_shapes` names {sorted(shapes)} but `equation`={equation!r} has {len(terms)} operands "
+                f"named {list(names)}.",
+            )
+        for name, term in zip(names, terms, strict=True):
+            expected = tuple(sizes.get(c) for c in term)
+            if shapes[name] != expected:
+                self.fail(
+                    "structure",
+                    f"`factor_shapes[{name!r}]`={shapes[name]} disagrees with its term {term!r} of `equation`="
+                    f"{equation!r}, whose `sizes` give {expected}.",
+                )
+
     # ------------------------------------------------------------------ dense reconstruction
     def to_dense(self):
         for backend in self.backends:
-            dense = self.fmt.to_dense(_convert(self.factors, backend))
-            self._check_array("to_dense", dense, backend, "float64", self.fmt.shape, "`to_dense`")
-            self.close(
-                "to_dense",
-                dense,
-                self.dense,
-                scale=self.dense_bound,
-                what=f"`to_dense` ({backend}) and the numpy.einsum reference of the equation",
-            )
+            for dtype, fac, reference, bound in self.cases(backend):
+                dense = self.fmt.to_dense(fac)
+                label = backend if dtype == "float64" else f"{backend}, {dtype}"
+                self._check_array("to_dense", dense, backend, dtype, self.fmt.shape, f"`to_dense` ({label})")
+                self.close(
+                    "to_dense",
+                    dense,
+                    reference,
+                    scale=bound,
+                    rtol=CHECK_TOLERANCES[dtype],
+                    what=f"`to_dense` ({label}) and the numpy.einsum reference of the equation (in float64)",
+                )
 
     def _check_array(self, check, array, backend, dtype, shape, what):
         if not _is_backend(array, backend):
@@ -170,37 +275,65 @@ class _Suite:
 
     # ------------------------------------------------------------------ factored apply
     def apply(self):
-        fmt, x_np = self.fmt, self.x
-        out = fmt.out_features
         for backend in self.backends:
-            fac = _convert(self.factors, backend)
-            x = _convert({"x": x_np}, backend)["x"]
-            for index in _stack_indices(fmt):
-                y = fmt.apply(fac, x, index=index)
-                self._check_array("apply", y, backend, "float64", (*x_np.shape[:-1], out), f"`apply` at {index}")
-                desired = x_np @ self.dense[index].T
-                scale = np.abs(x_np) @ self.dense_bound[index].T
-                what = f"`apply(factors, x, index={index})` ({backend}) and `x @ to_dense(factors)[index].T`"
-                self.close("apply", y, desired, scale=scale, what=what)
-                if len(index) == 1:
-                    self.close("apply", fmt.apply(fac, x, index=index[0]), y, what=f"`apply` at int {index[0]}")
-            index = _stack_indices(fmt)[-1]
-            vector = fmt.apply(fac, x[0, 0], index=index)
-            self._check_array("apply", vector, backend, "float64", (out,), "`apply` of a vector x")
-            self.close(
-                "apply",
-                vector,
-                x_np[0, 0] @ self.dense[index].T,
-                scale=np.abs(x_np[0, 0]) @ self.dense_bound[index].T,
-                what="`apply` of a vector x",
-            )
-            every = fmt.apply(fac, x, index=None)
-            self._check_array(
-                "apply", every, backend, "float64", (*fmt.stack, *x_np.shape[:-1], out), "`apply(index=None)`"
-            )
-            desired = np.einsum("...oi,bci->...bco", self.dense, x_np)
-            scale = np.einsum("...oi,bci->...bco", self.dense_bound, np.abs(x_np))
-            self.close("apply", every, desired, scale=scale, what=f"`apply(index=None)` ({backend}) and every slice")
+            self._apply_every_slice(backend)
+            self._apply_odd_inputs(backend)
+            for dtype, fac, dense, bound in self.cases(backend):
+                if dtype != "float64":
+                    self._apply_in_dtype(backend, dtype, fac, dense, bound)
+
+    def _compare_apply(self, backend, fac, x, x_np, index, dense, bound, *, dtype="float64", what_x=""):
+        """``apply(fac, x, index)`` against the float64 reference ``x_np @ dense[index].T``."""
+        fmt = self.fmt
+        label = backend if dtype == "float64" else f"{backend}, {dtype}"
+        y = fmt.apply(fac, x, index=index)
+        if index is None:
+            shape = (*fmt.stack, *x_np.shape[:-1], fmt.out_features)
+            call, desired, scale = "`apply(index=None)`", _apply_all(dense, x_np), _apply_all(bound, np.abs(x_np))
+            what = f"{call} ({label}){what_x} and every slice"
+        else:
+            shape = (*x_np.shape[:-1], fmt.out_features)
+            call = f"`apply` at {index}"
+            desired, scale = x_np @ dense[index].T, np.abs(x_np) @ bound[index].T
+            what = f"`apply(factors, x, index={index})` ({label}){what_x} and `x @ to_dense(factors)[index].T`"
+        self._check_array("apply", y, backend, dtype, shape, f"{call}{what_x}")
+        self.close("apply", y, desired, scale=scale, rtol=CHECK_TOLERANCES[dtype], what=what)
+        return y
+
+    def _apply_every_slice(self, backend):
+        fmt, x_np = self.fmt, self.x
+        fac, dense, bound = self.case(backend, "float64")
+        x = _convert({"x": x_np}, backend)["x"]
+        for index in _stack_indices(fmt):
+            y = self._compare_apply(backend, fac, x, x_np, index, dense, bound)
+            if len(index) == 1:
+                self.close("apply", fmt.apply(fac, x, index=index[0]), y, what=f"`apply` at int {index[0]}")
+        index = _stack_indices(fmt)[-1]
+        vector = _convert({"x": x_np[0, 0]}, backend)["x"]
+        self._compare_apply(backend, fac, vector, x_np[0, 0], index, dense, bound, what_x=" of a vector x")
+        self._compare_apply(backend, fac, x, x_np, None, dense, bound)
+
+    def _apply_odd_inputs(self, backend):
+        """Inputs with three leading dims, a transposed view and a strided slice, at one slice and at every one."""
+        fac, dense, bound = self.case(backend, "float64")
+        leading = _convert({"x": self._x_leading}, backend)["x"]
+        transposed = _swap_last(_convert({"x": self._x_transposed}, backend)["x"], backend)
+        strided = _convert({"x": self._x_strided}, backend)["x"][::2, :, ::2]
+        inputs = [
+            (" of x of shape (2, 3, 4, in_features)", leading, self._x_leading),
+            (" of a transposed (non-contiguous) view x", transposed, self._x_transposed.transpose(2, 1, 0)),
+            (" of a strided slice x[::2, :, ::2]", strided, self._x_strided[::2, :, ::2]),
+        ]
+        index = _stack_indices(self.fmt)[-1]
+        for what_x, x, x_np in inputs:
+            for at in (index, None):
+                self._compare_apply(backend, fac, x, x_np, at, dense, bound, what_x=what_x)
+
+    def _apply_in_dtype(self, backend, dtype, fac, dense, bound):
+        x = _convert({"x": self.x}, backend, dtype)["x"]
+        x_np = to_numpy(x).astype(np.float64)
+        for index in (_stack_indices(self.fmt)[-1], None):
+            self._compare_apply(backend, fac, x, x_np, index, dense, bound, dtype=dtype)
 
     # ------------------------------------------------------------------ zero-delta init
     def init(self):
@@ -246,15 +379,18 @@ class _Suite:
             return
         fac = {n: to_numpy(a) for n, a in fmt.init(seed=self.seed).items()}
         lhs, out = equation.split("->")
-        terms = dict(zip(fmt.factor_names, lhs.split(","), strict=True))
+        names, terms = list(_operand_names(fmt)), lhs.split(",")
         weights = self.rng.standard_normal(fmt.shape).reshape([fmt.sizes[c] for c in out])
         for name in self._zero_factors(fac):
-            others = [n for n in fmt.factor_names if n != name]
-            present = set(out).union(*(terms[n] for n in others))
-            dangling = [c for c in terms[name] if c not in present]
-            operands = [weights, *(fac[n] for n in others), *(np.ones(fmt.sizes[c]) for c in dangling)]
-            spec = ",".join([out, *(terms[n] for n in others), *dangling])
-            grad = _naive_einsum(f"{spec}->{terms[name]}", operands, fmt.sizes)
+            if names.count(name) != 1:  # a tied zero factor: ΔW is not linear in it (the format refuses one)
+                continue
+            k = names.index(name)
+            others = [j for j in range(len(names)) if j != k]
+            present = set(out).union(*(terms[j] for j in others))
+            dangling = [c for c in terms[k] if c not in present]
+            operands = [weights, *(fac[names[j]] for j in others), *(np.ones(fmt.sizes[c]) for c in dangling)]
+            spec = ",".join([out, *(terms[j] for j in others), *dangling])
+            grad = _naive_einsum(f"{spec}->{terms[k]}", operands, fmt.sizes)
             if not np.any(grad):
                 self.fail("init", f"the gradient of ΔW with respect to the zero factor {name!r} is 0 at `init`.")
 
@@ -306,7 +442,7 @@ class _Suite:
     def backends_agree(self):
         fmt = self.fmt
         fac_np, fac_t = _convert(self.factors, "numpy"), _convert(self.factors, "torch")
-        rtol = tolerance("float64")
+        rtol = CHECK_TOLERANCES["float64"]
         self.close(
             "backends",
             fmt.to_dense(fac_t),
@@ -375,9 +511,31 @@ class _Suite:
                     f"`fit` ({backend}) of an exactly representable tensor has rel_err {actual:.3g} > "
                     f"`fit_tol`={self.fit_tol:.3g}.",
                 )
+        self._fit_is_truthful_off_the_format()
         fac, err = fmt.fit(np.zeros(fmt.shape))
         if err != 0 or np.any(to_numpy(fmt.to_dense(fac))):
             self.fail("fit", f"`fit` of the zero tensor must return ΔW == 0 and rel_err 0, got rel_err {err!r}.")
+
+    def _fit_is_truthful_off_the_format(self):
+        """The reported ``rel_err`` of a fit of a random dense tensor (not representable) is its factors' error."""
+        fmt = self.fmt
+        target = self.rng.standard_normal(fmt.shape)
+        try:
+            iterative = "n_iter_max" in inspect.signature(fmt.fit).parameters
+        except (TypeError, ValueError):  # no signature to read: call it plainly
+            iterative = False
+        kwargs = {"n_iter_max": _FIT_SWEEPS} if iterative else {}
+        for backend in self.backends:
+            fac, err = fmt.fit(_convert({"d": target}, backend)["d"], **kwargs)
+            if not isinstance(err, float) or not math.isfinite(err):
+                self.fail("fit", f"`fit` ({backend}) must return a finite float error, got {err!r}.")
+            actual = float(np.linalg.norm(target - to_numpy(fmt.to_dense(fac))) / np.linalg.norm(target))
+            if abs(err - actual) > 1e-8 * max(1.0, actual):
+                self.fail(
+                    "fit",
+                    f"`fit` ({backend}) of a random dense tensor (not exactly representable) reported rel_err "
+                    f"{err:.6g} but the factors give {actual:.6g}.",
+                )
 
     # ------------------------------------------------------------------ bad input
     def errors(self):
@@ -422,6 +580,13 @@ class _Suite:
                 self.fail("errors", f"{what} raised {type(exc).__name__}({exc}) instead of ValueError or TypeError.")
             else:
                 self.fail("errors", f"{what} raised no ValueError or TypeError.")
+
+
+def _wrap(check: str, fmt, exc: BaseException):
+    """Re-raise an exception escaping a check as the AssertionError of that check, chaining it."""
+    raise AssertionError(
+        f"check_format[{check}]: the check raised {type(exc).__name__}: {exc}\n  format: {fmt!r}"
+    ) from exc
 
 
 #: What :func:`check_format` uses of a format (the vocabulary of :class:`~tensorpeft.decomp.TensorNetwork`).
@@ -480,16 +645,22 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     custom equation or subclass). The checks, in order (names as in :data:`CHECKS`):
 
     ``structure``
-        ``num_params`` is the int sum of the sizes in ``factor_shapes``; ``shape`` is
+        ``num_params`` is the int sum of the sizes in ``factor_shapes``; ``factor_shapes`` are the sizes
+        of the letters of each factor's term of ``fmt.equation``; ``shape`` is
         ``(*stack, out_features, in_features)``; ``random(seed)`` is reproducible, non-zero, of those shapes.
     ``to_dense``
-        Equals a plain ``numpy.einsum`` of ``fmt.equation`` (``optimize=False``), reshaped, in every
-        backend, and returns that backend's arrays in the factors' dtype. (A format without an
-        ``equation`` is compared with its own numpy ``to_dense``: only backends and dtypes are checked.)
+        Equals a plain ``numpy.einsum`` of ``fmt.equation`` (``optimize=False``) in float64, reshaped, in
+        every backend and every dtype of :data:`DTYPES` the format supports (float64 and float32; torch
+        also bfloat16 where ``random(dtype="bfloat16")`` accepts it), within :data:`CHECK_TOLERANCES` of
+        that dtype, and returns that backend's arrays in the factors' dtype. Below float64 the factors are
+        the float64 ones rounded, and the reference is computed from the rounded values. (A format without
+        an ``equation`` is compared with its own numpy ``to_dense`` in float64.)
     ``apply``
-        ``apply(factors, x, index)`` equals ``x @ to_dense(factors)[index].T`` for every stack index
-        (tuple, and plain int for one stack mode), for batched and vector ``x``; ``index=None`` equals
-        all slices at once.
+        ``apply(factors, x, index)`` equals the float64 ``x @ to_dense(factors)[index].T`` for every stack
+        index (tuple, and plain int for one stack mode), for ``x`` of shape ``(2, 3, in)``, a vector, ``x``
+        with three leading dims ``(2, 3, 4, in)``, a transposed (non-contiguous) view and a strided slice;
+        ``index=None`` equals all slices at once; and, at one slice and at ``index=None``, in every
+        supported dtype as for ``to_dense``.
     ``init``
         ΔW == 0 exactly (and ``apply`` gives exact zeros), reproducibly, yet the gradient with respect
         to the zero factor is non-zero (by one einsum, and by torch autograd).
@@ -502,7 +673,9 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
         ``torch.autograd.gradcheck`` through ``apply`` (one slice, and ``index=None``) in float64.
     ``fit``
         ``fit(to_dense(random))`` returns valid factors in the input's backend with a truthful
-        ``rel_err`` that is ``<= fit_tol`` and never above 1; the zero tensor is fitted exactly.
+        ``rel_err`` that is ``<= fit_tol`` and never above 1; the reported ``rel_err`` of a fit of a
+        random dense tensor (not exactly representable; 5 sweeps where ``fit`` takes ``n_iter_max``) is
+        the error of the returned factors too; the zero tensor is fitted exactly.
     ``errors``
         Missing, extra and mis-shaped factors, mixed numpy/torch factors, ``x`` of the wrong width, a bad
         ``index`` and a non-finite or mis-shaped ``dense`` raise ValueError or TypeError naming the argument.
@@ -531,13 +704,25 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     Raises
     ------
     AssertionError
-        At the first failing property; the message names the check, what differed and the format.
+        At the first failing property; the message names the check, what differed and the format. An
+        exception the format raises inside a check (a numpy, einsum or torch error) becomes the
+        AssertionError of that check, chained to it.
     TypeError
         If ``fmt`` lacks the vocabulary of a format, ``backends`` or ``skip`` is not a collection of str
         (a lone str is refused), or ``fit_tol`` or ``seed`` is not a number.
     ValueError
         If ``backends`` or ``skip`` name something unknown, ``fit_tol`` is negative or NaN, or ``seed``
-        is outside ``[0, 2**63 - 1]``.
+        is outside ``[0, 2**63 - 1]``, or the environment variable ``HYPOTHESIS_PROFILE`` names no
+        hypothesis profile.
+
+    Notes
+    -----
+    Every call (as the import of :mod:`tensorpeft.testing`) registers the hypothesis profiles of
+    :data:`~tensorpeft.testing.PROFILES` (``ci``, ``thorough``) and loads the one named by
+    ``HYPOTHESIS_PROFILE``, so ``HYPOTHESIS_PROFILE=thorough python my_tests.py`` runs a script's
+    ``@given`` tests as many times as under the project's pytest configuration.
+    At the small sizes of the strategies a call takes about 0.1 to 0.7 s, most of it in ``gradcheck``
+    and ``fit``.
 
     Examples
     --------
@@ -575,6 +760,7 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
         backends = tuple(b for b in backends if b != "torch")
         if not backends:
             backends = ("numpy",)
+    load_env_profile()
     suite = _Suite(fmt, backends, seed, fit_tol)
     steps = {
         "structure": suite.structure,
@@ -594,6 +780,13 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
         )
         if name in skip or missing:
             continue
-        steps[name]()
+        try:
+            steps[name]()
+        except AssertionError as exc:
+            if str(exc).startswith(f"check_format[{name}]"):
+                raise
+            _wrap(name, fmt, exc)
+        except Exception as exc:  # a raw numpy, einsum or torch error: still a failure of this check
+            _wrap(name, fmt, exc)
         ran.append(name)
     return tuple(ran)

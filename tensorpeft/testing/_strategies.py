@@ -351,7 +351,8 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
 
     Every index letter (stack, output, input or bond) is carried by a random non-empty set of factors,
     so the networks include shared stack modes, hyperedges (an index on three factors) and dangling
-    bonds (on one factor only, hence summed). Features may be split into two modes.
+    bonds (on one factor only, hence summed; of size 1, as :class:`~tensorpeft.decomp.TensorNetwork`
+    requires of an index summed inside one factor). Features may be split into two modes.
 
     Parameters
     ----------
@@ -404,6 +405,9 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
             if not members[k]:
                 members[k].add(draw(st.sampled_from(stack + out + inp + bonds)))
         sizes = {c: draw(st.integers(1, max_size)) for c in stack + out + inp + bonds}
+        for c in bonds:  # summed inside one factor, a bond of size > 1 only adds up redundant entries
+            if sum(c in m for m in members) == 1:
+                sizes[c] = 1
         _trim(sizes, [*members, set(stack + out + inp)], max_elements)
         terms = ["".join(draw(st.permutations(sorted(m)))) for m in members]
         names = draw(st.one_of(st.none(), st.just(tuple(f"factor_{k}" for k in range(n_factors)))))

@@ -294,7 +294,7 @@ def test_the_fuzz_covers_every_public_name():
     covered = set(CONSTRUCTORS) | {n.split("[")[0] for n in PLANNERS}
     covered |= {"BudgetPlan", "Comparison", "ComparisonRow", "WeLoreMatrix", "WeLoreResult", "validate"}
     assert covered == set(decomp.__all__)
-    assert set(TESTING) | {"CHECKS", "TOLERANCES"} == set(testing.__all__)
+    assert set(TESTING) | {"CHECKS", "TOLERANCES", "CHECK_TOLERANCES", "DTYPES", "PROFILES"} == set(testing.__all__)
 
 
 @FUZZ

@@ -425,10 +425,11 @@ def test_compare_bad_arguments_raise():
 
 
 def test_unbounded_search_reaches_the_budget_itself():
-    # one parameter per unit of rank: the search range [1, budget] must include `budget`
-    kwargs = {"equation": "abr->ab", "sizes": {"a": 1, "b": 1}, "out_indices": "a", "in_indices": "b"}
-    fmt = decomp.rank_for_budget(decomp.TensorNetwork, 7, rank_indices="r", **kwargs)
-    assert (fmt.sizes["r"], fmt.num_params) == (7, 7)
+    # two parameters per unit of rank (the fewest a network can have: an index summed inside one factor is
+    # refused): the search must reach the budget exactly
+    kwargs = {"equation": "ar,rb->ab", "sizes": {"a": 1, "b": 1}, "out_indices": "a", "in_indices": "b"}
+    fmt = decomp.rank_for_budget(decomp.TensorNetwork, 14, rank_indices="r", **kwargs)
+    assert (fmt.sizes["r"], fmt.num_params) == (7, 14)
 
 
 # --------------------------------------------------------------------------- budgets above the largest format
