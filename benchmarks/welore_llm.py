@@ -11,7 +11,7 @@ instruction tuning, the same prompts, answer-only loss, exact-match greedy answe
   zero-shot accuracy, then the LRC factors fine-tuned (every other weight frozen) with the job's steps and
   batch, at ``--lrc-lr``.
 
-Run:  python benchmarks/welore_llm.py [--reductions 0.3,0.5] [--steps 40] [--n-test 150] [--quick]
+Run:  python benchmarks/welore_llm.py [--reductions 0.1,0.3] [--steps 40] [--n-test 150] [--quick]
 Writes benchmarks/results/welore_llm.json.
 """
 
@@ -66,7 +66,7 @@ def _trainable(model) -> int:
 def main(argv=None) -> int:
     """Run the table; print it; write JSON."""
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--reductions", default="0.3,0.5", help="comma-separated parameter reductions (default 0.3,0.5)")
+    p.add_argument("--reductions", default="0.1,0.3", help="comma-separated parameter reductions (default 0.1,0.3)")
     p.add_argument("--steps", type=int, default=LLM_STEPS)
     p.add_argument("--n-test", type=int, default=LLM_N_TEST)
     p.add_argument("--lrc-lr", type=float, default=1e-4, help="learning rate of the LRC factors (default 1e-4)")
