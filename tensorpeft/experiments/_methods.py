@@ -65,18 +65,7 @@ DEFAULT_METHODS = (
     "tt:tiny",
     "lora2:r8",
 )
-DEFAULT_LLM_METHODS = (
-    "zero-shot",
-    "lora:r8",
-    "lora:r1",
-    "tucker2:r1",
-    "tucker2:tiny",
-    "cp:r1",
-    "cp:tiny",
-    "tt:r1",
-    "tt:tiny",
-    "lora2:r8",
-)
+DEFAULT_LLM_METHODS = ("zero-shot", *DEFAULT_METHODS[1:])
 """The decoder job's methods (``tensorpeft compare --model smollm2``). LoRA² runs at LoRA r=8's budget only: its
 smallest adapter on SmolLM2's q, k, v, o (rank 1: 115,560 parameters) is above LoRA r=1's count (115,200)."""
 
