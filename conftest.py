@@ -1,9 +1,14 @@
-"""Test configuration: hypothesis profiles (``ci`` fast, ``thorough`` for local runs)."""
+"""Test configuration: the hypothesis profiles of ``tensorpeft.testing.PROFILES``, chosen by ``HYPOTHESIS_PROFILE``.
+
+``ci`` (fast) is the default here; ``thorough`` is for local runs.
+"""
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=500, deadline=None)
+from tensorpeft.testing._profiles import PROFILES
+
+for _name, _values in PROFILES.items():
+    settings.register_profile(_name, **_values)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

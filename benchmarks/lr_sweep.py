@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="default 150 (decoder: the CLI's default)")
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--model", help="'smollm2' (or a causal-LM checkpoint) for the decoder job; default the encoder")
+    p.add_argument("--tag", default="", help="suffix of the JSON name (parallel runs over disjoint --methods)")
     args = p.parse_args(argv)
     from tensorpeft.cli import LLM_BATCH, LLM_STEPS, LLM_TARGETS
     from tensorpeft.experiments import model_kind
@@ -109,7 +110,11 @@ def main(argv=None) -> int:
                 for m in scores
             ],
         }
-        name = ("lr_sweep_llm" if decoder else "lr_sweep") + ("_quick" if args.quick else "")
+        name = (
+            ("lr_sweep_llm" if decoder else "lr_sweep")
+            + ("_quick" if args.quick else "")
+            + (f"_{args.tag}" if args.tag else "")
+        )
         print(f"wrote {_common.write_json(name, record)}")
     return 0
 

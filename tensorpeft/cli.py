@@ -30,6 +30,7 @@ _MAX_STEPS = 10**6
 _MAX_BATCH = 2**16
 _MAX_EXAMPLES = 10**7
 _MAX_THREADS = 1024
+_MAX_JOBS = 64  # each run holds a whole model: more would exhaust memory before it saved time
 _MAX_SEED = 2**32 - 1
 _MAX_LR = 10.0
 
@@ -228,7 +229,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="smoke run (< 2 minutes, decoder < 3): few methods and steps, small test set",
     )
-    cmp.add_argument("--threads", type=_bounded(1, _MAX_THREADS), help="torch threads per run (default: all cores)")
+    cmp.add_argument(
+        "--jobs",
+        type=_bounded(1, _MAX_JOBS),
+        help="runs at a time, each in its own process (default: 2 on two or more cores, else 1)",
+    )
+    cmp.add_argument(
+        "--threads",
+        type=_bounded(1, _MAX_THREADS),
+        help="torch threads per run (default: the cores divided among the jobs)",
+    )
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     bud = sub.add_parser(
@@ -353,6 +363,7 @@ def _compare_settings(args):
         train=train,
         lr=args.lr,
         threads=args.threads,
+        jobs=args.jobs,
         n_val=args.validation,
         evaluate_on="validation" if args.validation else "test",
     )

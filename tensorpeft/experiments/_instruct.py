@@ -263,7 +263,7 @@ def evaluate_generation(model, tokenizer, prompts, labels, words, answers, *, ba
 
     wanted = [normalize(w) for w in words]
     new_tokens = max(len(a) for a in answers) + 1
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     generation = GenerationConfig(
         max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id, eos_token_id=_stop_ids(tokenizer, answers)
     )
@@ -286,6 +286,11 @@ def evaluate_generation(model, tokenizer, prompts, labels, words, answers, *, ba
                     shown.append((int(j), text, words[labels[j]]))
     n = max(1, len(order))
     return correct / n, valid / n, time.perf_counter() - start, sorted(shown)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its EOS (LLaMA tokenizers have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _stop_ids(tokenizer, answers) -> list[int]:
@@ -317,7 +322,7 @@ def run_instruct(payload: dict) -> dict:
     torch.manual_seed(settings.seed)
     if config is not None:
         model = tpnn.get_peft_model(model, config)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     losses, per_step = [], 0.0
     start = time.perf_counter()
     if config is not None:
@@ -325,7 +330,12 @@ def run_instruct(payload: dict) -> dict:
         if payload["progress"]:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=settings.steps, desc=f"{spec.label} (seed {settings.seed})", dynamic_ncols=True)
+            progress = tqdm(
+                total=settings.steps,
+                desc=f"{spec.label} (seed {settings.seed})",
+                dynamic_ncols=True,
+                position=payload.get("position", 0),  # one line per concurrent run
+            )
         try:
             losses, per_step = train_instruct(
                 model, payload["train_prompts"], payload["train_labels"], payload["answers"], settings,

@@ -94,7 +94,11 @@ def _worker(payload: dict) -> dict:
         from tqdm.auto import tqdm
 
         progress = tqdm(
-            total=settings.steps, desc=f"{spec.label} (seed {settings.seed})", leave=True, dynamic_ncols=True
+            total=settings.steps,
+            desc=f"{spec.label} (seed {settings.seed})",
+            leave=True,
+            dynamic_ncols=True,
+            position=payload.get("position", 0),  # one line per concurrent run
         )
     try:
         result = train_and_evaluate(

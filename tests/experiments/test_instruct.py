@@ -4,6 +4,7 @@ Everything here runs on a tiny random LLaMA with a word-level ChatML tokenizer (
 runs are in ``test_smollm2.py`` (slow).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -230,6 +231,30 @@ def test_quick_decoder_compare_writes_table_json_and_plot(tiny_llm, tmp_path, ca
         assert 0.0 <= row["accuracy_mean"] <= 1.0 and len(row["valid_answers"]) == 1
     assert record["settings"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert (out_dir / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_concurrent_runs_give_the_rows_of_one_at_a_time_in_order(tiny_llm):
+    from tensorpeft.experiments import CompareSettings, TrainSettings, parse_methods, run_compare
+
+    settings = CompareSettings(
+        model_path=str(tiny_llm), methods=tuple(parse_methods(["lora:r1", "cp:r1"])), seeds=(0, 1),
+        target_modules=("q_proj", "v_proj"), n_train=32, n_test=8, train=TrainSettings(steps=2, batch_size=2),
+        threads=1,
+    )  # fmt: skip
+    one = run_compare(dataclasses.replace(settings, jobs=1))
+    two = run_compare(dataclasses.replace(settings, jobs=2))
+    assert [r.method for r in two] == ["lora:r1", "cp:r1"]
+    assert [(r.adapter_params, r.accuracy, r.valid_answers) for r in two] == [
+        (r.adapter_params, r.accuracy, r.valid_answers) for r in one
+    ]
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_jobs_must_be_a_positive_int(jobs):
+    from tensorpeft.experiments import CompareSettings
+
+    with pytest.raises(ValueError, match="`jobs` must be a positive int"):
+        CompareSettings(model_path="smollm2", jobs=jobs)
 
 
 @pytest.mark.parametrize(
