@@ -166,7 +166,8 @@ def read_inventory(path: Path) -> set[str]:
 
 def public_names() -> list[tuple[str, str]]:
     """``(module, name)`` for every name in the ``__all__`` of every importable public module."""
-    seen, queue, out = set(), ["tensorpeft", "tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing"], []
+    queue = ["tensorpeft", "tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing", "tensorpeft.gallery"]
+    seen, out = set(), []
     while queue:
         modname = queue.pop(0)
         if modname in seen:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 ROOT_PACKAGE = "tensorpeft"
 # Subpackages the project plans; listed even before they exist so the reference keeps its shape.
-PLANNED = ("tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing")
+PLANNED = ("tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing", "tensorpeft.gallery")
 OUT_DIR = Path("api") / "generated"
 TOC_FILE = "modules.inc"
 

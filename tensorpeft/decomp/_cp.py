@@ -6,6 +6,7 @@ import math
 from typing import ClassVar
 
 from . import _als
+from ._contract import contract
 from ._network import fresh_letters
 from ._stacked import StackedFormat
 from ._svd import leading_left_vectors
@@ -139,16 +140,89 @@ class CP(StackedFormat):
         init = _als.check_init(self, init)
 
         def solve(x):
-            start = self._svd_init(x, ops, seed) if init is None else _als.start_from(init, x, ops)
-            return _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops)[0]
+            if init is None:  # the first mode updated is solved from the others: its start is never read
+                skip = self._sweep_order()[0] if n_iter_max else None
+                start = self._svd_init(x, ops, seed, skip=skip)
+            else:
+                start = _als.start_from(init, x, ops)
+            return self._als(x, start, n_iter_max, tol, ops)[0]
 
         return _als.fit_scaled(self, dense, solve, ops, carrier=self.factor_names)
 
-    def _svd_init(self, dense, ops, seed):
+    def _als(self, dense, start, n_iter_max, tol, ops):
+        """CP-ALS sweeps from ``start`` on ``dense`` (of moderate scale); return ``(factors, rel_err)``.
+
+        The sweeps of :func:`~tensorpeft.decomp._als.fit_als` (the same least-squares updates, the same
+        stopping rule), arranged for CP: two passes over ``dense`` per sweep whatever the number of modes.
+        The pivot mode ``k`` (the largest) is updated last; ``Y = dense ×_k F_k`` is formed once per
+        sweep and every other mode's MTTKRP is contracted from ``Y``, which is ``n_k`` times smaller than
+        ``dense``; the pivot's MTTKRP is one product of ``dense`` with the Khatri-Rao product of the others.
+        Each Gram matrix is the Hadamard product of the factors' ``R × R`` Grams, and the error of a sweep
+        comes from them (``‖T‖² − 2⟨M_k, F_k⟩ + ⟨V_k, F_kᵀF_k⟩``) while it is above ``_als._GRAM_FLOOR``,
+        from the dense residual below.
+        """
+        letters = self._output
+        by_letter = {term[0]: name for name, term in self.factor_indices.items()}
+        names = [by_letter[c] for c in letters]
+        sizes = [self.sizes[c] for c in letters]
+        target = dense.reshape(tuple(sizes))
+        factors = {n: _als.convert(v, dense, ops) for n, v in start.items()}
+        ref = ops.norm(dense)
+        if ref == 0:
+            return {n: v * 0 for n, v in factors.items()}, 0.0
+        *others, k = (letters.index(self.factor_indices[n][0]) for n in self._sweep_order())
+        rest = "".join(letters[m] for m in others)
+        eq_y = f"{letters},{letters[k]}R->{rest}R"
+        eq_pivot = f"{letters},{rest}R->{letters[k]}R"
+        grams = {m: _gram(factors[names[m]]) for m in range(len(sizes))}
+        err = math.inf  # the start's error decides nothing: every fit makes a first sweep
+        for _ in range(n_iter_max):
+            if not all(ops.all_finite(g) for g in grams.values()):
+                break  # (never seen) a non-finite Gram would stall the solver: stop at the last finite sweep
+            y = contract(eq_y, target, factors[names[k]], ops=ops)
+            for n in others:
+                mates = [m for m in others if m != n]
+                eq = f"{rest}R,{','.join(letters[m] + 'R' for m in mates)}->{letters[n]}R"
+                mttkrp = ops.einsum(eq, y, *(factors[names[m]] for m in mates)) if mates else y
+                factors[names[n]] = mttkrp @ ops.pinv_hermitian(_hadamard(grams, n))
+                grams[n] = _gram(factors[names[n]])
+            kr = factors[names[others[0]]]
+            for m in others[1:]:
+                kr = (kr[:, None, :] * factors[names[m]][None, :, :]).reshape((-1, self.rank))
+            kr = kr.reshape((*(sizes[m] for m in others), self.rank))
+            mttkrp = contract(eq_pivot, target, kr, ops=ops)
+            v = _hadamard(grams, k)
+            factors[names[k]] = mttkrp @ ops.pinv_hermitian(v)
+            grams[k] = _gram(factors[names[k]])
+            inner, norm2 = float((mttkrp * factors[names[k]]).sum()), float((v * grams[k]).sum())
+            new_err = math.sqrt(max(ref * ref - 2 * inner + norm2, 0.0)) / ref
+            if new_err < _als._GRAM_FLOOR or not math.isfinite(new_err):
+                new_err = _als._plain_error(self, dense, factors, ref, ops)
+            done = abs(err - new_err) < tol or new_err < tol
+            err = new_err
+            if done:
+                break
+        return factors, err
+
+    def _sweep_order(self) -> list[str]:
+        """Factor names in the order a sweep updates them: the largest mode (the last of equals) last, as the pivot.
+
+        The others keep their order (stack modes first): the SVD start of the small stack modes, which the
+        first update replaces unread, is the least informative one.
+        """
+        sizes = [self.sizes[self.factor_indices[n][0]] for n in self.factor_names]
+        k = max(range(len(sizes)), key=lambda m: (sizes[m], m))
+        return [n for m, n in enumerate(self.factor_names) if m != k] + [self.factor_names[k]]
+
+    def _svd_init(self, dense, ops, seed, skip=None):
+        """Leading left singular vectors of each unfolding, scaled; ``skip`` (a name) keeps its random draw."""
         target = dense.reshape(tuple(self.sizes[c] for c in self._output))
         padding = self.random(seed=seed, backend=ops.name, dtype=ops.dtype_of(dense))
         factors = {}
         for name, term in self.factor_indices.items():
+            if name == skip:
+                factors[name] = _als.convert(padding[name], dense, ops)
+                continue
             letter = term[0]
             axis = self._output.index(letter)
             n = self.sizes[letter]
@@ -162,3 +236,17 @@ class CP(StackedFormat):
             else:
                 factors[name] = columns
         return factors
+
+
+def _gram(f):
+    """``fᵀ f`` (``R × R``)."""
+    return f.T @ f
+
+
+def _hadamard(grams, skip):
+    """Hadamard product of every Gram matrix but ``grams[skip]``: the CP normal-equations matrix of that mode."""
+    out = None
+    for m, g in grams.items():
+        if m != skip:
+            out = g if out is None else out * g
+    return out

@@ -43,7 +43,7 @@ def _parse_equation(equation: str) -> tuple[list[str], str]:
     if isinstance(equation, str) and "+" in equation:
         raise ValueError(
             f"`equation` must be one einsum product of factors, got {equation!r} with a '+': a sum of networks "
-            "is not one einsum equation; write each term as its own format."
+            "is not one einsum equation; write each term as its own format and add them with decomp.Sum(f1, f2)."
         )
     if not isinstance(equation, str) or equation.count("->") != 1:
         raise ValueError(f"`equation` must be an explicit einsum string like 'or,lrs,is->loi', got {equation!r}.")
@@ -114,6 +114,36 @@ def _check_ties(names: tuple[str, ...], inputs: list[str], sizes: dict[str, int]
             )
 
 
+_FROZEN_EXPECTED = "`frozen` must be a tuple of distinct factor names (a tied factor once)"
+
+
+def _check_frozen(frozen, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The frozen factor names, in the order of ``names``: known, each once, and not every factor."""
+    if isinstance(frozen, str | bytes) or not isinstance(frozen, Iterable):
+        raise TypeError(f"{_FROZEN_EXPECTED}, got {frozen!r} ({type(frozen).__name__}).")
+    try:
+        given = tuple(islice(frozen, len(names) + 1))
+    except TypeError:  # iterable in type only (a 0-d array)
+        raise TypeError(f"{_FROZEN_EXPECTED}, got {frozen!r}.") from None
+    if not all(isinstance(n, str) for n in given):
+        raise TypeError(f"{_FROZEN_EXPECTED} of type str, got {given!r}.")
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise ValueError(f"{_FROZEN_EXPECTED}: {unknown} name no factor; the factors are {names}, got {given!r}.")
+    repeated = sorted({n for n in given if given.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"{_FROZEN_EXPECTED}: {repeated} listed more than once (a tied factor is one array, frozen once), "
+            f"got {given!r}."
+        )
+    if len(given) == len(names):
+        raise ValueError(
+            f"{_FROZEN_EXPECTED}, not every factor: `frozen`={given!r} freezes all of {names}, which leaves "
+            "nothing to train."
+        )
+    return tuple(n for n in names if n in given)
+
+
 def _check_summed_indices(inputs: list[str], output: str, sizes: dict[str, int], equation: str) -> None:
     """Refuse an index of size > 1 that only one operand carries and the output lacks."""
     for k, term in enumerate(inputs):
@@ -152,7 +182,15 @@ class TensorNetwork:
         ``U Σ_l Uᵀ`` is ``"oa,lab,ib->loi"`` with names ``("U", "S", "U")``.
     zero_factor : str, optional
         The factor that :meth:`init` sets to zero so that ΔW == 0 at start (default: the last untied
-        one). It must be untied: ΔW is quadratic (or more) in a tied factor, whose gradient at zero is zero.
+        trainable one). It must be untied: ΔW is quadratic (or more) in a tied factor, whose gradient at
+        zero is zero; and trainable (not in ``frozen``).
+    frozen : tuple of str, optional
+        Names of *frozen* factors: constants, not trained (VeRA's shared random projections, or a basis
+        taken from the pretrained weights). They are counted apart (:attr:`num_frozen`, not in
+        :attr:`num_params`), drawn from the seed by :meth:`random` and :meth:`init` like the others (or
+        given there, ``frozen_values=``), never zeroed, held fixed by :meth:`fit`, and buffers, not
+        parameters, in ``tensorpeft.nn``. Every other verb takes them as it takes any factor. Default
+        ``()``: no frozen factor, as in every built-in format.
 
     Attributes
     ----------
@@ -167,22 +205,27 @@ class TensorNetwork:
     factor_shapes : dict[str, tuple of int]
         Shape of each factor.
     num_params : int
-        Exact number of scalars in the factors (a tied factor counted once).
+        Exact number of trainable scalars in the factors (a tied factor counted once, frozen ones not).
+    frozen_names : tuple of str
+        The frozen factors (``()`` if none).
+    num_frozen : int
+        Exact number of scalars in the frozen factors.
 
     Raises
     ------
     ValueError
         If the equation is malformed (a ``+``, an ellipsis, a repeated index in a term, an index summed
         inside one operand), a letter has no positive size, ``sizes`` names a letter the equation does
-        not use, a tied name covers operands of different shapes, ``zero_factor`` is tied (or every
-        factor is), or the stack/out/in split does not match the equation's output. Sizes are bounded
+        not use, a tied name covers operands of different shapes, ``zero_factor`` is tied or frozen (or
+        no untied trainable factor is left), ``frozen`` names an unknown factor, one twice, or every
+        factor, or the stack/out/in split does not match the equation's output. Sizes are bounded
         up front: a stack index and each feature size (the product of its letters) at most ``2**31``,
         any other index (a rank) at most ``2**63 - 1``; the equation may use at most 51 of einsum's 52
         letters ``a-z``, ``A-Z`` (:meth:`apply` adds one for the batch). Built-in formats check the
         same bounds on their own arguments.
     TypeError
-        If ``sizes`` is not a mapping, the index strings are not str, or ``factor_names`` is not a
-        collection of str.
+        If ``sizes`` is not a mapping, the index strings are not str, or ``factor_names`` or ``frozen``
+        is not a collection of str.
 
     Examples
     --------
@@ -218,6 +261,7 @@ class TensorNetwork:
         in_indices: str,
         factor_names=None,
         zero_factor: str | None = None,
+        frozen=(),
     ):
         inputs, output = _parse_equation(equation)
         if not isinstance(sizes, Mapping):
@@ -261,14 +305,26 @@ class TensorNetwork:
         _check_summed_indices(inputs, output, self.sizes, self.equation)
         _check_ties(operand_names, inputs, self.sizes)
         uses = {n: operand_names.count(n) for n in names}
-        untied = tuple(n for n in names if uses[n] == 1)
+        frozen_names = _check_frozen(frozen, names)
+        untied = tuple(n for n in names if uses[n] == 1 and n not in frozen_names)
+        if zero_factor is not None and zero_factor in frozen_names:
+            raise ValueError(
+                f"`zero_factor`={zero_factor!r} is frozen: a constant factor cannot start at zero and learn; "
+                f"choose a trainable untied factor, one of {untied}."
+            )
         if zero_factor is None:
-            if not untied:
+            if not untied and not frozen_names:
                 raise ValueError(
                     f"`factor_names`={operand_names!r} ties every factor: ΔW is of degree >= 2 in each, so no "
                     "factor can start at zero with a non-zero gradient; add an untied factor (a core) to zero."
                 )
-            zero_factor = next(n for n in reversed(operand_names) if uses[n] == 1)
+            if not untied:
+                raise ValueError(
+                    f"`factor_names`={operand_names!r} with `frozen`={frozen_names!r} leaves no trainable untied "
+                    "factor: ΔW is of degree >= 2 in a tied factor, so none can start at zero with a non-zero "
+                    "gradient; add an untied trainable factor (a core) to zero."
+                )
+            zero_factor = next(n for n in reversed(operand_names) if uses[n] == 1 and n not in frozen_names)
         if uses[zero_factor] > 1:
             raise ValueError(
                 f"`zero_factor`={zero_factor!r} is tied (it names {uses[zero_factor]} operands): ΔW is of degree "
@@ -282,6 +338,7 @@ class TensorNetwork:
         self.factor_names = names
         self.tied_factors = {n: k for n, k in uses.items() if k > 1}
         self.zero_factor = zero_factor
+        self._frozen = frozen_names
         self.factor_indices = {n: inputs[operand_names.index(n)] for n in names}
         self._inputs, self._output = inputs, output
 
@@ -313,8 +370,20 @@ class TensorNetwork:
 
     @property
     def num_params(self) -> int:
-        """Exact number of scalars in the factors (a Python int)."""
-        return sum(math.prod(s) for s in self.factor_shapes.values())
+        """Exact number of trainable scalars: the entries of the factors not in :attr:`frozen_names` (a Python int)."""
+        frozen = self.frozen_names
+        return sum(math.prod(s) for n, s in self.factor_shapes.items() if n not in frozen)
+
+    @property
+    def frozen_names(self) -> tuple[str, ...]:
+        """The constant factors (``frozen=`` of the constructor) in the order of :attr:`factor_names`; ``()``: none."""
+        return getattr(self, "_frozen", ())
+
+    @property
+    def num_frozen(self) -> int:
+        """Exact number of scalars in the frozen factors (a Python int; 0 if none), apart from :attr:`num_params`."""
+        frozen = self.frozen_names
+        return sum(math.prod(s) for n, s in self.factor_shapes.items() if n in frozen)
 
     @property
     def num_slices(self) -> int:
@@ -331,7 +400,7 @@ class TensorNetwork:
             "in_indices": self.in_indices,
             "factor_names": self.operand_names,
             "zero_factor": self.zero_factor,
-        }
+        } | ({"frozen": self.frozen_names} if self.frozen_names else {})
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._args().items())
@@ -358,7 +427,7 @@ class TensorNetwork:
         bonds = [self.sizes[c] for c in idx if c not in self.stack_indices]
         return 1.0 / math.sqrt(math.sqrt(math.prod(bonds))) if bonds else 1.0
 
-    def random(self, seed: int = 0, backend: str = "numpy", dtype=None) -> dict:
+    def random(self, seed: int = 0, backend: str = "numpy", dtype=None, *, frozen_values=None) -> dict:
         """Every factor random and non-zero (for tests, demos and fit initialization).
 
         Parameters
@@ -374,30 +443,89 @@ class TensorNetwork:
             for numpy, also bfloat16 for torch; a torch dtype is accepted for numpy by name. Default:
             float64 for numpy, ``torch.get_default_dtype()`` for torch. Half precision is drawn in a
             wider float and rounded.
+        frozen_values : dict, optional
+            Given values of some :attr:`frozen_names` factors (e.g. a basis computed from the pretrained
+            weights): floating numpy arrays or torch tensors of the factor's shape, finite, converted to
+            ``backend`` and ``dtype``. The others are drawn. Every factor is drawn from the seed first,
+            so the drawn factors are the same whether or not some are given.
 
         Returns
         -------
         dict[str, array]
+            Frozen factors included, drawn from ``seed`` too, and always with numpy's generator (the
+            values numpy's ``random(seed)`` gives, converted): a constant is the same array on every
+            backend, so a fit or a check on torch holds the constants it would hold on numpy. The
+            trainable factors follow each backend's generator.
 
         Raises
         ------
         TypeError, ValueError
-            Naming `seed`, `backend` or `dtype` when one is not as above; a ValueError when the factors
-            would not fit in memory (before anything is allocated).
+            Naming `seed`, `backend`, `dtype` or `frozen_values` when one is not as above; a ValueError
+            when the factors would not fit in memory (before anything is allocated).
         """
         seed = check_seed(seed)
         ops = ops_named(backend)
         dtype = ops.resolve_dtype(dtype)
-        check_allocation(self.num_params, ops.itemsize(dtype), self._size_argument)
+        check_allocation(self.num_params + self.num_frozen, ops.itemsize(dtype), self._size_argument)
         gen = ops.generator(seed)
-        return {n: ops.normal(gen, s, self.init_std(n), dtype) for n, s in self.factor_shapes.items()}
+        factors = {n: ops.normal(gen, s, self.init_std(n), dtype) for n, s in self.factor_shapes.items()}
+        if self.frozen_names and ops.name != "numpy":
+            factors |= self._frozen_as_numpy_draws(seed, factors, ops)
+        return self._with_frozen_values(factors, frozen_values, ops)
 
-    def init(self, seed: int = 0, backend: str = "numpy", dtype=None) -> dict:
+    def _frozen_as_numpy_draws(self, seed: int, factors: dict, ops) -> dict:
+        """The frozen factors numpy's ``random(seed)`` draws, in ``ops``' library: constants equal on every backend.
+
+        numpy draws float64 values and rounds them to the dtype; converting the same float64 values rounds
+        them the same way, so the arrays are equal to the last bit.
+        """
+        gen = np.random.default_rng(seed)
+        names = list(self.factor_shapes)
+        last = max(names.index(n) for n in self.frozen_names)
+        out = {}
+        for name in names[: last + 1]:
+            value = gen.standard_normal(self.factor_shapes[name]) * self.init_std(name)
+            if name in self.frozen_names:
+                out[name] = ops.asarray(value, like=factors[name])
+        return out
+
+    def _with_frozen_values(self, factors: dict, frozen_values, ops) -> dict:
+        """``factors`` with the given frozen factors (checked, converted like the drawn ones) in place."""
+        if frozen_values is None:
+            return factors
+        if not isinstance(frozen_values, Mapping):
+            raise TypeError(
+                "`frozen_values` must be None or a dict {frozen factor name: array}, "
+                f"got {type(frozen_values).__name__}."
+            )
+        unknown = [n for n in frozen_values if n not in self.frozen_names]
+        if unknown:
+            raise ValueError(
+                f"`frozen_values` names {unknown}, which are not frozen factors; expected some of {self.frozen_names}."
+            )
+        out = dict(factors)
+        for name, value in frozen_values.items():
+            argument = f"frozen_values[{name!r}]"
+            value_ops = ops_for(value, argument=argument)
+            if not value_ops.is_floating(value):
+                raise TypeError(f"`{argument}` must be a floating point array, got dtype {value.dtype}.")
+            shape = self.factor_shapes[name]
+            if tuple(value.shape) != shape:
+                raise ValueError(f"`{argument}` must have shape {shape}, got {tuple(value.shape)}.")
+            if not value_ops.all_finite(value):
+                raise ValueError(f"`{argument}` contains NaN or infinite values.")
+            # `* 1`: a copy, so the factors never alias the caller's array
+            out[name] = _als.convert(value, factors[name], ops) * 1
+        return out
+
+    def init(self, seed: int = 0, backend: str = "numpy", dtype=None, *, frozen_values=None) -> dict:
         """Training initialization: ΔW == 0 exactly (``zero_factor`` is zero), yet gradients flow.
 
-        Same parameters as :meth:`random`.
+        Same parameters as :meth:`random` (whose factors these are, but for the zero factor). The zero
+        factor is trainable, never a frozen one: the frozen factors keep their random (or given) values.
         """
-        factors = self.random(seed=seed, backend=backend, dtype=dtype)
+        kwargs = {} if frozen_values is None else {"frozen_values": frozen_values}
+        factors = self.random(seed=seed, backend=backend, dtype=dtype, **kwargs)
         factors[self.zero_factor] = factors[self.zero_factor] * 0
         return factors
 
@@ -445,6 +573,8 @@ class TensorNetwork:
         ops = self.check_factors(factors)
         dtype = ops.dtype_of(factors[self.factor_names[0]])
         check_allocation(math.prod(self.shape), ops.itemsize(dtype), "factors")
+        if ops.name == "jax" and ops.concrete(*(factors[n] for n in self.factor_names)):
+            return ops.jitted(TensorNetwork.to_dense, self)({n: factors[n] for n in self.factor_names})  # as `apply`
         dense = contract(self.equation, *(factors[n] for n in self.operand_names), ops=ops)
         return dense.reshape(self.shape)
 
@@ -506,6 +636,9 @@ class TensorNetwork:
             index = normalize_index(index, self.stack)
         slices = self.num_slices if index is None else 1
         check_allocation(math.prod(lead) * slices * self.out_features, ops.itemsize(factor_dtype), "x")
+        if ops.name == "jax" and ops.concrete(x, *(factors[n] for n in self.factor_names)):
+            # one XLA program per shapes, not one compiled per eager operation; traced inputs run plainly
+            return ops.jitted(TensorNetwork.apply, self, index=index)({n: factors[n] for n in self.factor_names}, x)
         x2 = x.reshape((math.prod(lead), *(self.sizes[c] for c in self.in_indices)))
         batch = opt_einsum.get_symbol(_first_free_symbol(self.sizes))
         if index is None:
@@ -542,12 +675,16 @@ class TensorNetwork:
         step on the true error, accepted only if it lowers it, so every sweep lowers the error or keeps
         it. That step solves a dense ``n × n`` system, ``n`` the tied factor's number of entries.
 
+        The :attr:`frozen_names` factors are constants: they are held at their starting values (those of
+        ``init``, else of :meth:`random` with ``seed``) and only the trainable factors are fitted. To fit
+        with given frozen values, start from ``init=self.random(seed, frozen_values=...)``.
+
         Parameters
         ----------
         dense : array of :attr:`shape`
             Tensor to approximate (numpy or torch).
         init : dict, optional
-            Starting factors; default :meth:`random` with ``seed``.
+            Starting factors; default :meth:`random` with ``seed``. Its frozen factors are kept as given.
         n_iter_max : int
             Maximum number of sweeps.
         tol : float
@@ -575,14 +712,25 @@ class TensorNetwork:
         ops = self.check_dense(dense)
         init = _als.check_init(self, init)
 
+        frozen = self.frozen_names
+
         def solve(x):
             if init is None:
                 start = self.random(seed=seed, backend=ops.name, dtype=ops.dtype_of(x))
             else:
                 start = _als.start_from(init, x, ops)
-            return _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops)[0]
+                # a constant keeps its value: only trainable factors are brought to a scale near 1
+                start.update({n: _als.convert(init[n], x, ops) for n in frozen})
+            # a random start is restarted from other seeds while it ends above round-off (restarts by the error)
+            draw = (
+                None
+                if init is not None
+                else (lambda k: self.random(seed=_als.restart_seed(seed, k), backend=ops.name, dtype=ops.dtype_of(x)))
+            )
+            fitted = _als.fit_als(self, x, start, n_iter_max=n_iter_max, tol=tol, ops=ops, draw=draw)[0]
+            return fitted | {n: start[n] for n in frozen}  # held fixed (also for a zero `dense`)
 
-        carrier = tuple(n for n in self.factor_names if n not in self.tied_factors)
+        carrier = tuple(n for n in self.factor_names if n not in self.tied_factors and n not in frozen)
         return _als.fit_scaled(self, dense, solve, ops, carrier=carrier)
 
     def relative_error(self, dense, factors) -> float:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from math import prod
 
+from ._backend import BACKENDS
+
 __all__ = [
     "EINSUM_LETTERS",
     "MAX_FORMAT_LETTERS",
@@ -545,7 +547,7 @@ def check_seed(seed, name: str = "seed") -> int:
 
 
 def check_backend(backend, name: str = "backend") -> str:
-    """Return ``backend`` as a plain str if it is ``"numpy"`` or ``"torch"``; raise otherwise.
+    """Return ``backend`` as a plain str if it is ``"numpy"``, ``"torch"`` or ``"jax"``; raise otherwise.
 
     Parameters
     ----------
@@ -562,7 +564,7 @@ def check_backend(backend, name: str = "backend") -> str:
     Raises
     ------
     TypeError, ValueError
-        If ``backend`` is not a str, or not one of the two names.
+        If ``backend`` is not a str, or not one of the three names.
 
     Examples
     --------
@@ -570,9 +572,9 @@ def check_backend(backend, name: str = "backend") -> str:
     'numpy'
     """
     if not isinstance(backend, str):
-        raise TypeError(f"`{name}` must be 'numpy' or 'torch' (a str), got {backend!r} ({type(backend).__name__}).")
-    if backend not in ("numpy", "torch"):
-        raise ValueError(f"`{name}` must be 'numpy' or 'torch', got {backend!r}.")
+        raise TypeError(f"`{name}` must be one of {BACKENDS} (a str), got {backend!r} ({type(backend).__name__}).")
+    if backend not in BACKENDS:
+        raise ValueError(f"`{name}` must be one of {BACKENDS}, got {backend!r}.")
     return str(backend)
 
 

@@ -28,7 +28,7 @@ from peft import PeftConfig
 
 from .. import decomp
 from ..decomp.validate import check_fraction, check_int_or_tuple, check_seed
-from ._factories import PUBLIC_FORMATS, builtin_factory, check_trusted, factory_path, resolve_factory, trusted_factories
+from ._factories import builtin_factory, check_trusted, factory_path, resolve_factory, trusted_factories
 from ._fields import (
     _alpha,
     _check_peft_fields,
@@ -641,7 +641,7 @@ class CustomConfig(AdapterConfig):
         if isinstance(self.factory, str):
             builtin = builtin_factory(self.factory)
             if builtin is not None:
-                self.factory = f"{PUBLIC_FORMATS}:{builtin.__name__}"  # old files name a private module
+                self.factory = factory_path(builtin)  # old files name a private module
             else:
                 if self._parsed:  # from data: import only what the caller trusted (see `trusting`)
                     check_trusted(self.factory, _TRUSTED.get())

@@ -15,6 +15,7 @@ from .. import decomp
 __all__ = ["PUBLIC_FORMATS", "builtin_factory", "check_trusted", "factory_path", "resolve_factory", "trusted_factories"]
 
 PUBLIC_FORMATS = "tensorpeft.decomp"
+GALLERY = "tensorpeft.gallery"
 
 
 def builtin_factory(path: str):
@@ -22,9 +23,14 @@ def builtin_factory(path: str):
 
     ``"tensorpeft.decomp:LoRA"`` (the public name written since) and the private module paths older files
     hold (``"tensorpeft.decomp._lora:LoRA"``) name a public :mod:`tensorpeft.decomp` format; they are looked
-    up there by name, never imported from the path.
+    up there by name, never imported from the path. ``"tensorpeft.gallery:krona"`` names a factory of
+    :data:`tensorpeft.gallery.GALLERY`, looked up in that registry (nothing else under the gallery resolves).
     """
     module, _, qualname = path.partition(":")
+    if module == GALLERY:  # the package's gallery: only the names its registry lists, looked up there
+        from .. import gallery
+
+        return next((entry.factory for entry in gallery.GALLERY if entry.name == qualname), None)
     if module != PUBLIC_FORMATS and not module.startswith(f"{PUBLIC_FORMATS}."):
         return None
     obj = getattr(decomp, qualname, None) if qualname in decomp.__all__ else None
@@ -37,6 +43,9 @@ def factory_path(factory) -> str:
     """The ``"module:qualname"`` a factory is saved as (a built-in format: its public name)."""
     if isinstance(factory, type) and builtin_factory(f"{PUBLIC_FORMATS}:{factory.__name__}") is factory:
         return f"{PUBLIC_FORMATS}:{factory.__name__}"  # the public name, never a private module path
+    name = getattr(factory, "__name__", None)
+    if isinstance(name, str) and builtin_factory(f"{GALLERY}:{name}") is factory:
+        return f"{GALLERY}:{name}"
     module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
     if not module or "<" in qualname:
         raise ValueError(

@@ -60,17 +60,29 @@ def initial_factors(fmt, init: str, seed: int, dtype, device, weights: torch.Ten
     init. The fitted core is the least-squares ``Aᵀ W_s B`` of ``W_s ≈ A G_s Bᵀ``; the factored forward
     applies ``G_s`` (never ``G_sᵀ``) as ``(x B) G_sᵀ Aᵀ``, the orientation LoTR's reference gets wrong —
     ``tests/nn/test_stack.py`` checks it on fitted, non-zeroed factors.
+
+    Frozen factors (``fmt.frozen_names``) keep the values ``fmt.init(seed)`` draws under either init; with
+    ``"svd"`` the trainable ones are fitted around them (``fmt.fit(weights, init=fmt.random(seed))``, as
+    many sweeps as :meth:`~tensorpeft.decomp.TensorNetwork.init_from_weights` takes).
     """
     base = fmt.init(seed=seed, backend="torch", dtype=dtype)
     if init == "zero":
         return {n: t.to(device) for n, t in base.items()}
     if weights is None:
         raise ValueError("`init`='svd' needs the pretrained weights of the stack.")
-    fitted = fmt.init_from_weights(weights)
+    frozen = getattr(fmt, "frozen_names", ())
+    if frozen:  # fit the trainable factors around the very constants the stack keeps (those of `base`)
+        start = fmt.random(seed=seed, backend="torch", dtype=dtype)
+        fitted = fmt.fit(weights, init=start, n_iter_max=getattr(fmt, "init_sweeps", 50))[0]
+    else:
+        fitted = fmt.init_from_weights(weights)
     out = {}
     for name, t in base.items():
-        if name == fmt.zero_factor:
+        if name in getattr(fmt, "zero_factors", (fmt.zero_factor,)):  # a decomp.Sum: one per term
             out[name] = torch.zeros_like(t)
+            continue
+        if name in frozen:
+            out[name] = t
             continue
         f = fitted[name].to(torch.float64)
         norm, target = torch.linalg.vector_norm(f), torch.linalg.vector_norm(t.to(torch.float64))
@@ -129,7 +141,7 @@ def check_memory(planned, modules: dict, config) -> None:
         weight = modules[plan.members[0][0]].weight
         if weight.device.type == "meta":
             continue
-        n = fmt.num_params + (math.prod(fmt.shape) if config.init == "svd" else 0)
+        n = fmt.num_params + getattr(fmt, "num_frozen", 0) + (math.prod(fmt.shape) if config.init == "svd" else 0)
         entry = needed.setdefault(weight.device, [0, 1])
         entry[0] += n
         entry[1] = max(entry[1], adapter_dtype(weight).itemsize)

@@ -25,7 +25,8 @@ Measured (2026-11-22, 1 thread, CPU time, medians of 30 interleaved rounds; 12 s
 with ``x·B`` shared by q, k, v 0.44 (the same with ``F.linear(v, A)`` for the output factor: 0.66),
 core 0.95; CP with heads 0.86, shared 0.48, core 0.95; LoRA² 0.88, core 0.88. Tensor trains and
 custom networks use ``format.apply`` (opt_einsum's order, cached per shape); under ``torch.compile``
-one ``torch.einsum`` of the same network instead, which Dynamo traces (``docs/guide/compile.rst``).
+one ``torch.einsum`` of the same network instead, which Dynamo traces (``docs/guide/compile.rst``). A
+:class:`~tensorpeft.decomp.Sum` adds its terms' kernels (eager and compiled alike).
 ``tests/nn/test_stack.py`` checks every kernel against ``format.apply``, and
 ``tests/nn/test_kernels_match_equation.py`` checks forward and every gradient against the format's
 equation (``format.to_dense``) in float64. This table is the only place in ``nn`` that knows formats by
@@ -238,11 +239,25 @@ class OrthogonalKernel(GenericKernel):
         return _out(v, f["U1"][index][rows[0] : rows[1]])
 
 
+class SumKernel(GenericKernel):
+    """A :class:`~tensorpeft.decomp.Sum`: the sum of its terms' own kernels (each term's fast path, compiled too)."""
+
+    def finish(self, fmt, f, u, index, scale):
+        """Each term's ``project`` then ``finish``, added."""
+        y = None
+        for term, part in zip(fmt.terms, fmt._split(f), strict=True):
+            kernel = kernel_for(term)
+            t = kernel.finish(term, part, kernel.project(term, part, u), index, scale)
+            y = t if y is None else y + t
+        return y
+
+
 _KERNELS = {
     decomp.LoRA: LoRAKernel(),
     decomp.Tucker2: Tucker2Kernel(),
     decomp.CP: CPKernel(),
     decomp.OrthogonalProjection: OrthogonalKernel(),
+    decomp.Sum: SumKernel(),
 }
 
 

@@ -4,7 +4,12 @@ The JSON is the config's fields at top level, as PEFT writes a config (``peft_ty
 ``format``, ``task_type``, ``target_modules``, ``rank``, ...), plus a ``"tensorpeft"`` entry: the
 version, the plan of every stack (member layers, indices, shape, heads) and a SHA-256 of the tensors.
 The safetensors file holds each factor as ``<stack>.<factor>`` in the format's layout, and PEFT's keys
-for ``modules_to_save`` (``base_model.model.classifier.weight``, ...). Files of tensorpeft before 0.1
+for ``modules_to_save`` (``base_model.model.classifier.weight``, ...). Frozen factors (a format's
+``frozen_names``, buffers of the stack) are saved like the others rather than regenerated from the seed:
+the file alone reproduces the adapter exactly (a regeneration would tie it to the generator of the
+library version that drew it), and a loaded constant goes through the same checks of name, shape,
+dtype, finiteness and checksum as a trained factor. The cost is their size (VeRA: ``r (d_in + d_out)``
+per stack). Files of tensorpeft before 0.1
 (the config nested under ``"config"``) load too.
 
 Two ways to write them: :func:`save_adapter` writes both files into a fresh hidden sibling directory

@@ -31,7 +31,7 @@ def _check_stack_arguments(fmt, scaling, factors) -> None:
 
 
 class AdapterStack(nn.Module):
-    r"""Factors of one format as ``nn.Parameter``\ s, named as the format names them.
+    r"""Factors of one format as ``nn.Parameter``\ s, named as the format names them; frozen ones as buffers.
 
     A stack is shared by every layer of its group: each :class:`AdapterLinear` keeps a plain
     reference to it and its own ``index``; only the :class:`TensorPeftModel` registers it, so
@@ -53,6 +53,11 @@ class AdapterStack(nn.Module):
 
     Notes
     -----
+    A frozen factor of the format (``fmt.frozen_names``, e.g. VeRA's random projections) is a persistent
+    buffer: no gradient, not in ``parameters()`` (so not in an optimizer, nor in PEFT's trainable count),
+    but in ``state_dict()`` and :meth:`factors`, hence saved in the adapter file, merged and exported
+    like any factor; ``.to()`` moves and casts it with the parameters.
+
     ``forward(x, index)`` returns ``scaling · x @ ΔW[index]ᵀ`` in the factors' dtype (the input is cast
     to it, as PEFT casts to ``lora_A``'s dtype). While :meth:`sharing` is on, the slice-independent
     projection of a format (``x·B`` for Tucker-2, ``x·in`` for CP) is computed once per input tensor
@@ -80,20 +85,24 @@ class AdapterStack(nn.Module):
         _check_stack_arguments(fmt, scaling, factors)
         self.format = fmt
         self.scaling = float(scaling)
+        frozen = getattr(fmt, "frozen_names", ())
         for name in fmt.factor_names:
             if hasattr(self, name):
                 raise ValueError(f"factor name {name!r} clashes with an attribute of nn.Module; rename the factor.")
             # an owned, row-major copy: QR/SVD results are column-major, and a different layout means
             # different matmul kernels, so save -> load would not be bit-exact
             data = factors[name].detach().clone(memory_format=torch.contiguous_format)
-            self.register_parameter(name, nn.Parameter(data))
+            if name in frozen:  # a constant: a (persistent) buffer, saved with the factors, never trained
+                self.register_buffer(name, data)
+            else:
+                self.register_parameter(name, nn.Parameter(data))
         self._kernel = kernel_for(fmt)
         self._sharing = False
         self._cache = None
         self._delta_cache = None
 
     def factors(self) -> dict:
-        """``{name: parameter}`` in the format's layout (a fresh dict of the live parameters)."""
+        """``{name: tensor}`` in the format's layout: the live parameters, and the buffers of frozen factors."""
         return {n: getattr(self, n) for n in self.format.factor_names}
 
     @property
@@ -178,4 +187,6 @@ class AdapterStack(nn.Module):
     def extra_repr(self) -> str:
         """The format's class, shape, parameter count and the scaling, shown in the module's repr."""
         fmt = self.format
-        return f"{type(fmt).__name__}, shape={fmt.shape}, params={fmt.num_params}, scaling={self.scaling:g}"
+        frozen = getattr(fmt, "num_frozen", 0)
+        extra = f", frozen={frozen}" if frozen else ""
+        return f"{type(fmt).__name__}, shape={fmt.shape}, params={fmt.num_params}{extra}, scaling={self.scaling:g}"

@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from ..decomp import ops_named
 from ..decomp.validate import check_backend, check_size
 from ._strategies import _check_nonnegative_int
 
@@ -21,8 +22,12 @@ MAX_BATCH_DIMS = 16
 MAX_BATCH = 2**10
 
 
-def _check_backend(backend) -> str:
-    return check_backend(backend)
+def _check_backend(backend, dtype=None) -> str:
+    """``backend`` checked; for jax, a float64 ``dtype`` needs x64 (jax would silently draw float32)."""
+    backend = check_backend(backend)
+    if backend == "jax" and dtype == np.float64:
+        ops_named("jax").resolve_dtype("float64")  # the ValueError naming `dtype` and how to enable x64
+    return backend
 
 
 def _check_format(fmt, attribute: str):
@@ -37,6 +42,8 @@ def _check_format(fmt, attribute: str):
 def _as_backend(array: np.ndarray, backend: str):
     if backend == "numpy":
         return array
+    if backend == "jax":
+        return ops_named("jax").from_numpy(array)
     import torch
 
     return torch.from_numpy(array)
@@ -58,7 +65,7 @@ def _numpy_dtype(dtype):
         except Exception:  # numpy's dtype parser raises many types (SyntaxError for "(0,"): not a dtype
             continue
     if result is None or result not in (np.float32, np.float64):
-        raise ValueError(f"`dtype` must be float32 or float64 (numpy, torch or a name), got {dtype!r}.")
+        raise ValueError(f"`dtype` must be float32 or float64 (numpy, torch, jax or a name), got {dtype!r}.")
     return result
 
 
@@ -72,10 +79,11 @@ def factors(fmt, *, backend: str = "numpy", dtype=None, bound: float = 1.0):
     ----------
     fmt : TensorNetwork
         Any format with ``factor_shapes``.
-    backend : {"numpy", "torch"}
-        Array library of the factors.
+    backend : {"numpy", "torch", "jax"}
+        Array library of the factors. jax draws float64 only with x64 enabled (``jax_enable_x64``): pass
+        ``dtype="float32"`` otherwise.
     dtype : optional
-        numpy or torch floating dtype (default float64).
+        float32 or float64, as a numpy, torch or jax dtype or a name (default float64).
     bound : float
         Largest magnitude of an entry (positive, finite). ``fmt`` may have at most 2**20 parameters.
 
@@ -97,8 +105,8 @@ def factors(fmt, *, backend: str = "numpy", dtype=None, bound: float = 1.0):
     >>> test()
     """
     shapes = _check_format(fmt, "factor_shapes")
-    _check_backend(backend)
     dt = _numpy_dtype(dtype)
+    _check_backend(backend, dt)
     if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
         raise TypeError(f"`bound` must be a positive finite number, got {bound!r} ({type(bound).__name__}).")
     if not 0 < bound < math.inf:  # NaN fails too
@@ -118,10 +126,11 @@ def inputs(fmt, *, backend: str = "numpy", dtype=None, max_batch_dims: int = 2, 
     ----------
     fmt : TensorNetwork
         Any format with ``in_features``.
-    backend : {"numpy", "torch"}
-        Array library of ``x``.
+    backend : {"numpy", "torch", "jax"}
+        Array library of ``x``. jax draws float64 only with x64 enabled (``jax_enable_x64``): pass
+        ``dtype="float32"`` otherwise.
     dtype : optional
-        numpy or torch floating dtype (default float64).
+        float32 or float64, as a numpy, torch or jax dtype or a name (default float64).
     max_batch_dims : int
         Largest number of leading (batch) dimensions, at most 16; 0 gives a single vector.
     max_batch : int
@@ -146,8 +155,8 @@ def inputs(fmt, *, backend: str = "numpy", dtype=None, max_batch_dims: int = 2, 
     >>> test()
     """
     in_features = check_size(_check_format(fmt, "in_features"), "fmt.in_features")
-    _check_backend(backend)
     dt = _numpy_dtype(dtype)
+    _check_backend(backend, dt)
     max_batch_dims = _check_nonnegative_int(max_batch_dims, "max_batch_dims", MAX_BATCH_DIMS)
     max_batch = check_size(max_batch, "max_batch", MAX_BATCH)
     if in_features > MAX_ELEMENTS:

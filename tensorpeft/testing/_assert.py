@@ -55,7 +55,7 @@ def tolerance(dtype) -> float:
 
 
 def to_numpy(array) -> np.ndarray:
-    """A numpy copy/view of a numpy array or torch tensor (detached, on the CPU; bfloat16 as float32)."""
+    """A numpy copy/view of a numpy array, torch tensor or jax array (detached, on the CPU; bfloat16 as float32)."""
     if isinstance(array, np.ndarray):
         return array
     detach = getattr(array, "detach", None)
@@ -64,7 +64,8 @@ def to_numpy(array) -> np.ndarray:
         if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widened exactly to float32
             tensor = tensor.float()
         return tensor.numpy()
-    return np.asarray(array)
+    array = np.asarray(array)  # a jax array (bfloat16 as ml_dtypes' type, which is no np.floating)
+    return array.astype(np.float32) if array.dtype.name == "bfloat16" else array
 
 
 def _real_array(x, name: str) -> np.ndarray:

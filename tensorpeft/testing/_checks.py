@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import math
 import numbers
+import os
+import sys
 from collections.abc import Iterable
 from itertools import islice
 
 import numpy as np
 
+from ..decomp import jax_x64_enabled, ops_named
 from ..decomp.validate import check_seed
 from ._assert import assert_close, to_numpy
 from ._profiles import load_env_profile
@@ -23,7 +27,11 @@ CHECKS = ("structure", "to_dense", "apply", "init", "dtypes", "backends", "gradc
 #: Floating dtypes in which the ``to_dense`` and ``apply`` checks compare a format against a float64
 #: reference, per backend. float64 and float32 are required (the ``dtypes`` check fails a format whose
 #: ``random`` refuses them); bfloat16 is checked where ``random(dtype="bfloat16")`` accepts it.
-DTYPES = {"numpy": ("float64", "float32"), "torch": ("float64", "float32", "bfloat16")}
+DTYPES = {
+    "numpy": ("float64", "float32"),
+    "torch": ("float64", "float32", "bfloat16"),
+    "jax": ("float64", "float32", "bfloat16"),
+}
 
 #: Relative tolerance of the ``to_dense`` and ``apply`` checks in each dtype: the largest error allowed,
 #: relative to the largest entry of the same contraction on absolute values (which bounds the round-off
@@ -40,6 +48,7 @@ _GRADCHECK_FULL_LIMIT = 256
 # Sweeps of an iterative fit (one with an `n_iter_max` argument) of a tensor that is not representable:
 # only the truthfulness of the reported error is checked there, which does not need convergence.
 _FIT_SWEEPS = 5
+_BACKENDS = ("numpy", "torch", "jax")
 
 
 def _fail(check: str, fmt, detail: str):
@@ -54,10 +63,29 @@ def _torch_available() -> bool:
     return True
 
 
+def _jax_by_default() -> bool:
+    """Whether the default ``backends`` take jax: installed, with float64 on (x64), which the checks compare in.
+
+    jax is not imported for this unless ``JAX_ENABLE_X64`` asks for x64: a process that has not imported
+    jax has no jax arrays to check, and pays no jax import.
+    """
+    if importlib.util.find_spec("jax") is None:
+        return False
+    if "jax" not in sys.modules and os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):
+        return False
+    ops_named("jax")
+    return jax_x64_enabled()
+
+
 def _convert(factors: dict, backend: str, dtype=None) -> dict:
     """Copy numpy factors to ``backend`` (and ``dtype``, a dtype or its name, default float64)."""
     if backend == "numpy":
         return {n: np.asarray(a, dtype=dtype or np.float64) for n, a in factors.items()}
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        dt = jnp.dtype(dtype or "float64")  # ml_dtypes' bfloat16 where numpy has none
+        return {n: ops_named("jax").from_numpy(np.asarray(a, dtype=np.float64).astype(dt)) for n, a in factors.items()}
     import torch
 
     if isinstance(dtype, str):
@@ -68,6 +96,10 @@ def _convert(factors: dict, backend: str, dtype=None) -> dict:
 def _is_backend(array, backend: str) -> bool:
     if backend == "numpy":
         return isinstance(array, np.ndarray)
+    if backend == "jax":
+        import jax
+
+        return isinstance(array, jax.Array)
     import torch
 
     return isinstance(array, torch.Tensor)
@@ -110,7 +142,7 @@ def _apply_all(dense: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _swap_last(x, backend: str):
     """Reverse the axes of ``x`` (a view: non-contiguous for more than one non-trivial axis)."""
-    return x.transpose(*reversed(range(x.ndim))) if backend == "numpy" else x.permute(*reversed(range(x.ndim)))
+    return x.permute(*reversed(range(x.ndim))) if backend == "torch" else x.transpose(*reversed(range(x.ndim)))
 
 
 class _Suite:
@@ -204,12 +236,16 @@ class _Suite:
             if not isinstance(shape, tuple) or not all(type(n) is int and n >= 1 for n in shape):
                 self.fail("structure", f"`factor_shapes[{name!r}]` must be a tuple of positive ints, got {shape!r}.")
         self._shapes_match_equation(shapes)
-        total = sum(math.prod(s) for s in shapes.values())
+        frozen = tuple(getattr(fmt, "frozen_names", ()))  # constants, counted apart in `num_frozen`
+        total = sum(math.prod(s) for n, s in shapes.items() if n not in frozen)
         if type(fmt.num_params) is not int or fmt.num_params != total:
             self.fail(
                 "structure",
-                f"`num_params`={fmt.num_params!r} must be the int sum of the factor sizes, {total}.",
+                f"`num_params`={fmt.num_params!r} must be the int sum of the factor sizes, {total}"
+                f"{f' (frozen {frozen} apart)' if frozen else ''}.",
             )
+        if frozen and getattr(fmt, "num_frozen", None) != sum(math.prod(shapes[n]) for n in frozen):
+            self.fail("structure", f"`num_frozen`={getattr(fmt, 'num_frozen', None)!r} is not the size of {frozen}.")
         expected = (*fmt.stack, fmt.out_features, fmt.in_features)
         if tuple(fmt.shape) != expected or not all(type(n) is int for n in fmt.shape):
             self.fail("structure", f"`shape`={fmt.shape!r} must be (*stack, out_features, in_features) = {expected}.")
@@ -364,6 +400,8 @@ class _Suite:
         self._init_gradient_numpy()
         if "torch" in self.backends:
             self._init_gradient_torch()
+        if "jax" in self.backends:
+            self._init_gradient_jax()
 
     def _zero_factors(self, fac):
         declared = getattr(self.fmt, "zero_factor", None)
@@ -410,11 +448,31 @@ class _Suite:
             if grad is None or not bool(torch.any(grad != 0)):
                 self.fail("init", f"torch autograd gives no gradient for the zero factor {name!r} through `apply`.")
 
+    def _init_gradient_jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        fmt = self.fmt
+        fac = fmt.init(seed=self.seed, backend="jax", dtype="float64")
+        put = ops_named("jax").from_numpy
+        x = put(self.x)
+        weights = put(self.rng.standard_normal((*fmt.stack, *self.x.shape[:-1], fmt.out_features)))
+        try:  # jitted: one compiled program instead of one per eager operation of the trace
+            grads = jax.jit(jax.grad(lambda f: jnp.sum(fmt.apply(f, x, index=None) * weights)))(fac)
+        except Exception as exc:  # a jax tracer error: `apply` calls float()/bool() on a value, or numpy on it
+            self.fail("init", f"jax.grad cannot differentiate `apply` at `init`: {type(exc).__name__}: {exc}")
+        for name in self._zero_factors({n: to_numpy(a) for n, a in fac.items()}):
+            grad = grads.get(name) if isinstance(grads, dict) else None
+            if grad is None or not np.any(to_numpy(grad)):
+                self.fail("init", f"jax.grad gives no gradient for the zero factor {name!r} through `apply`.")
+
     # ------------------------------------------------------------------ dtypes
     def dtypes(self):
         fmt = self.fmt
         for backend in self.backends:
             if backend == "numpy":
+                default, explicit, names = np.float64, np.float32, ("float64", "float32")
+            elif backend == "jax":  # with x64 on (check_format requires it), jax's default float is float64
                 default, explicit, names = np.float64, np.float32, ("float64", "float32")
             else:
                 import torch
@@ -438,32 +496,94 @@ class _Suite:
                 "dtypes", fmt.apply(fac, x, index=index), backend, names[1], (2, 3, fmt.out_features), "`apply`"
             )
 
-    # ------------------------------------------------------------------ numpy vs torch
+    # ------------------------------------------------------------------ numpy vs torch and jax
     def backends_agree(self):
         fmt = self.fmt
-        fac_np, fac_t = _convert(self.factors, "numpy"), _convert(self.factors, "torch")
+        fac_np = _convert(self.factors, "numpy")
         rtol = CHECK_TOLERANCES["float64"]
-        self.close(
-            "backends",
-            fmt.to_dense(fac_t),
-            fmt.to_dense(fac_np),
-            scale=self.dense_bound,
-            rtol=rtol,
-            what="numpy and torch `to_dense`",
-        )
-        x_t = _convert({"x": self.x}, "torch")["x"]
         scale = np.einsum("...oi,bci->...bco", self.dense_bound, np.abs(self.x))
-        self.close(
-            "backends",
-            fmt.apply(fac_t, x_t, index=None),
-            fmt.apply(fac_np, self.x, index=None),
-            scale=scale,
-            rtol=rtol,
-            what="numpy and torch `apply(index=None)`",
-        )
+        for backend in self.backends:
+            if backend == "numpy":
+                continue
+            fac_b = _convert(self.factors, backend)
+            self.close(
+                "backends",
+                fmt.to_dense(fac_b),
+                fmt.to_dense(fac_np),
+                scale=self.dense_bound,
+                rtol=rtol,
+                what=f"numpy and {backend} `to_dense`",
+            )
+            x_b = _convert({"x": self.x}, backend)["x"]
+            self.close(
+                "backends",
+                fmt.apply(fac_b, x_b, index=None),
+                fmt.apply(fac_np, self.x, index=None),
+                scale=scale,
+                rtol=rtol,
+                what=f"numpy and {backend} `apply(index=None)`",
+            )
 
     # ------------------------------------------------------------------ autograd
     def gradcheck(self):
+        if "torch" in self.backends:
+            self._gradcheck_torch()
+        if "jax" in self.backends:
+            self._gradcheck_jax()
+
+    def _gradcheck_jax(self):
+        """``jax.jit`` of ``apply`` equals the plain call; ``jax.grad`` and ``jax.jvp`` match finite differences.
+
+        Along a random direction ``d`` of the factors and ``x``, both derivatives of ``⟨w, apply⟩`` (``w``
+        random) must equal the central difference with step 1e-6 (float64) to 1e-6 of their scale.
+        Everything runs jitted and the perturbed points are made in numpy: a handful of compilations.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        fmt = self.fmt
+        names = list(fmt.factor_shapes)
+        point = [self.factors[n] for n in names] + [self.x[0]]
+        put = ops_named("jax").from_numpy
+        args = tuple(put(a) for a in point)
+        direction = [self.rng.standard_normal(a.shape) for a in point]
+        step = 1e-6
+        for index in (_stack_indices(fmt)[-1], None):
+
+            def apply(*arrays, index=index):
+                return fmt.apply(dict(zip(names, arrays[:-1], strict=True)), arrays[-1], index=index)
+
+            what = f"`apply(index={index})`"
+            try:
+                jitted = jax.jit(apply)(*args)
+            except Exception as exc:  # a tracer error: `apply` calls float()/bool() on a value, or leaves jax
+                self.fail("gradcheck", f"jax.jit of {what} failed: {type(exc).__name__}: {exc}")
+            plain = apply(*args)
+            self.close("gradcheck", jitted, plain, rtol=CHECK_TOLERANCES["float64"], what=f"jax.jit({what}) and it")
+            weights = put(self.rng.standard_normal(tuple(plain.shape)))
+            scalar = jax.jit(lambda *a, apply=apply, w=weights: jnp.sum(apply(*a) * w))
+            tangent = tuple(put(d) for d in direction)
+            try:
+                grads = jax.jit(jax.grad(scalar, argnums=tuple(range(len(args)))))(*args)
+                _, forward = jax.jit(lambda a, t, s=scalar: jax.jvp(s, a, t))(args, tangent)
+            except Exception as exc:
+                self.fail("gradcheck", f"jax cannot differentiate {what}: {type(exc).__name__}: {exc}")
+            reverse = sum(float(np.vdot(to_numpy(g), d)) for g, d in zip(grads, direction, strict=True))
+            up = scalar(*(put(a + step * d) for a, d in zip(point, direction, strict=True)))
+            down = scalar(*(put(a - step * d) for a, d in zip(point, direction, strict=True)))
+            numeric = (float(up) - float(down)) / (2 * step)
+            # |derivative| <= Σ ‖grad‖‖d‖; the difference quotient's round-off is about eps·|value|/step
+            pairs = zip(grads, direction, strict=True)
+            size = sum(float(np.linalg.norm(to_numpy(g)) * np.linalg.norm(d)) for g, d in pairs) + abs(float(up))
+            for mode, value in (("jax.grad", reverse), ("jax.jvp", float(forward))):
+                if not abs(value - numeric) <= 1e-6 * size:
+                    self.fail(
+                        "gradcheck",
+                        f"{mode} through {what} gives the directional derivative {value:.10g}, finite differences "
+                        f"{numeric:.10g} (scale {size:.3g}).",
+                    )
+
+    def _gradcheck_torch(self):
         import torch
 
         fmt = self.fmt
@@ -484,7 +604,10 @@ class _Suite:
     # ------------------------------------------------------------------ fit
     def fit(self):
         fmt = self.fmt
-        target = to_numpy(fmt.to_dense(fmt.random(seed=(self.seed + 1) % 2**63))).astype(np.float64)
+        drawn = fmt.random(seed=(self.seed + 1) % 2**63)
+        # frozen factors are constants: `fit` (seed 0) holds those of `random(seed=0)`, so the target uses them
+        drawn |= {n: a for n, a in fmt.random(seed=0).items() if n in getattr(fmt, "frozen_names", ())}
+        target = to_numpy(fmt.to_dense(drawn)).astype(np.float64)
         for backend in self.backends:
             dense = _convert({"d": target}, backend)["d"]
             result = fmt.fit(dense)
@@ -567,9 +690,12 @@ class _Suite:
         if fmt.stack:
             out_of_range = tuple(fmt.stack)
             cases.append(("apply with an index out of range", "index", lambda: fmt.apply(fac, x, index=out_of_range)))
-        if "torch" in self.backends and len(fac) > 1:
-            mixed = fac | {first: _convert({first: fac[first]}, "torch")[first]}
-            cases.append(("to_dense with numpy and torch factors mixed", "factors", lambda: fmt.to_dense(mixed)))
+        for other in ("torch", "jax"):
+            if other in self.backends and len(fac) > 1:
+                mixed = fac | {first: _convert({first: fac[first]}, other)[first]}
+                cases.append(
+                    (f"to_dense with numpy and {other} factors mixed", "factors", lambda m=mixed: fmt.to_dense(m))
+                )
         for what, argument, call in cases:
             try:
                 call()
@@ -638,7 +764,7 @@ def _check_fit_tol(fit_tol) -> float | None:
     return float(fit_tol)
 
 
-def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = None, seed: int = 0, skip=()):
+def check_format(fmt, *, backends=None, fit_tol: float | None = None, seed: int = 0, skip=()):
     """Run the property suite of a format and raise AssertionError at the first failure.
 
     Works on any format with the vocabulary of :class:`~tensorpeft.decomp.TensorNetwork` (built-in,
@@ -663,30 +789,35 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
         supported dtype as for ``to_dense``.
     ``init``
         ΔW == 0 exactly (and ``apply`` gives exact zeros), reproducibly, yet the gradient with respect
-        to the zero factor is non-zero (by one einsum, and by torch autograd).
+        to the zero factor is non-zero (by one einsum, by torch autograd and by ``jax.grad``).
     ``dtypes``
-        numpy defaults to float64, torch to ``torch.get_default_dtype()``; an explicit ``dtype`` is
-        honored by ``random``, ``init``, ``to_dense`` and ``apply``.
+        numpy defaults to float64, torch to ``torch.get_default_dtype()``, jax (x64 on) to float64; an
+        explicit ``dtype`` is honored by ``random``, ``init``, ``to_dense`` and ``apply``.
     ``backends``
-        numpy and torch (float64) give the same ``to_dense`` and ``apply`` to 1e-10.
+        numpy and every other backend tested (float64) give the same ``to_dense`` and ``apply`` to 1e-10.
     ``gradcheck``
-        ``torch.autograd.gradcheck`` through ``apply`` (one slice, and ``index=None``) in float64.
+        ``torch.autograd.gradcheck`` through ``apply`` (one slice, and ``index=None``) in float64; on jax,
+        ``jax.test_util.check_grads`` (forward and reverse mode against finite differences) through the
+        same calls, and ``jax.jit`` of them (factors and ``x`` traced) equal to the plain call.
     ``fit``
         ``fit(to_dense(random))`` returns valid factors in the input's backend with a truthful
         ``rel_err`` that is ``<= fit_tol`` and never above 1; the reported ``rel_err`` of a fit of a
         random dense tensor (not exactly representable; 5 sweeps where ``fit`` takes ``n_iter_max``) is
         the error of the returned factors too; the zero tensor is fitted exactly.
     ``errors``
-        Missing, extra and mis-shaped factors, mixed numpy/torch factors, ``x`` of the wrong width, a bad
-        ``index`` and a non-finite or mis-shaped ``dense`` raise ValueError or TypeError naming the argument.
+        Missing, extra and mis-shaped factors, numpy factors mixed with torch or jax ones, ``x`` of the
+        wrong width, a bad ``index`` and a non-finite or mis-shaped ``dense`` raise ValueError or TypeError
+        naming the argument.
 
     Parameters
     ----------
     fmt : TensorNetwork
         The format under test.
-    backends : sequence of {"numpy", "torch"}
-        Array libraries to test. "torch" is dropped silently when torch is not installed, and the
-        ``backends`` and ``gradcheck`` checks then do not run.
+    backends : sequence of {"numpy", "torch", "jax"}, optional
+        Array libraries to test. Default: numpy and torch, and jax when it is installed and float64 is
+        enabled in it (``jax_enable_x64``, set in the process or by the ``JAX_ENABLE_X64`` variable): the
+        checks compare float64 results. "torch" and "jax" are dropped silently when not installed; the
+        ``backends`` check needs numpy and another backend, ``gradcheck`` needs torch or jax.
     fit_tol : float, optional
         Largest relative error allowed when fitting an exactly representable tensor; default 1e-8.
         Iterative fits (CP, ALS of a custom network) may need a looser value; ``math.inf`` keeps only
@@ -711,7 +842,8 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
         If ``fmt`` lacks the vocabulary of a format, ``backends`` or ``skip`` is not a collection of str
         (a lone str is refused), or ``fit_tol`` or ``seed`` is not a number.
     ValueError
-        If ``backends`` or ``skip`` name something unknown, ``fit_tol`` is negative or NaN, or ``seed``
+        If ``backends`` or ``skip`` name something unknown, ``backends`` names jax without x64 enabled,
+        ``fit_tol`` is negative or NaN, or ``seed``
         is outside ``[0, 2**63 - 1]``, or the environment variable ``HYPOTHESIS_PROFILE`` names no
         hypothesis profile.
 
@@ -747,10 +879,12 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     AssertionError: check_format[apply]: `apply(factors, x, index=())` (numpy) and ... differ: ...
     """
     _check_fmt(fmt)
-    backends = _names(backends, "backends", "a non-empty subset of ('numpy', 'torch')")
-    unknown = [b for b in backends if b not in ("numpy", "torch")]
+    if backends is None:
+        backends = ("numpy", "torch", "jax") if _jax_by_default() else ("numpy", "torch")
+    backends = _names(backends, "backends", f"a non-empty subset of {_BACKENDS}")
+    unknown = [b for b in backends if b not in _BACKENDS]
     if unknown or not backends:
-        raise ValueError(f"`backends` must be a non-empty subset of ('numpy', 'torch'), got {backends!r}.")
+        raise ValueError(f"`backends` must be a non-empty subset of {_BACKENDS}, got {backends!r}.")
     skip = frozenset(_names(skip, "skip", f"a collection of check names from {CHECKS}"))
     if skip - set(CHECKS):
         raise ValueError(f"`skip` names unknown checks {sorted(skip - set(CHECKS))}; known: {CHECKS}.")
@@ -758,8 +892,17 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     seed = check_seed(seed)
     if "torch" in backends and not _torch_available():
         backends = tuple(b for b in backends if b != "torch")
-        if not backends:
-            backends = ("numpy",)
+    if "jax" in backends:
+        if importlib.util.find_spec("jax") is None:
+            backends = tuple(b for b in backends if b != "jax")
+        else:
+            ops_named("jax")
+            if not jax_x64_enabled():
+                raise ValueError(
+                    f"`backends`={backends!r} names jax, whose checks compare float64 results: enable float64 in "
+                    "jax first (jax.config.update('jax_enable_x64', True)), or leave jax out."
+                )
+    backends = backends or ("numpy",)
     load_env_profile()
     suite = _Suite(fmt, backends, seed, fit_tol)
     steps = {
@@ -775,8 +918,8 @@ def check_format(fmt, *, backends=("numpy", "torch"), fit_tol: float | None = No
     }
     ran = []
     for name in CHECKS:
-        missing = ("torch" not in backends and name in ("backends", "gradcheck")) or (
-            name == "backends" and "numpy" not in backends
+        missing = (name == "gradcheck" and not {"torch", "jax"} & set(backends)) or (
+            name == "backends" and ("numpy" not in backends or len(backends) < 2)
         )
         if name in skip or missing:
             continue

@@ -156,7 +156,7 @@ def test_numpy_integer_seeds_equal_python_ints_up_to_the_largest(backend):
 @pytest.mark.parametrize(
     ("backend", "exc", "match"),
     [
-        ("jax", ValueError, r"`backend` must be one of \('numpy', 'torch'\), got 'jax'"),
+        ("cupy", ValueError, r"`backend` must be one of \('numpy', 'torch', 'jax'\), got 'cupy'"),
         (None, TypeError, r"`backend` must be one of .* \(a str\), got None"),
         (["numpy"], TypeError, r"`backend`.*\['numpy'\]"),
         (np, TypeError, r"`backend`"),

@@ -130,7 +130,7 @@ def test_integer_and_mixed_dtype_factors():
 
 
 def test_factor_of_another_library():
-    with pytest.raises(TypeError, match=r"`factors` must be numpy arrays or torch tensors, got list"):
+    with pytest.raises(TypeError, match=r"`factors` must be numpy arrays, torch tensors or jax arrays, got list"):
         FORMAT.to_dense(_factors() | {"A": [[1.0, 2.0]] * 4})
 
 
@@ -155,7 +155,7 @@ def test_x_with_wrong_last_dimension(shape):
 def test_x_scalar_and_not_an_array():
     with pytest.raises(ValueError, match=r"`x` must have last dimension `in_features`=5, got shape \(\)"):
         FORMAT.apply(_factors(), np.ones(()), index=(0, 0))
-    with pytest.raises(TypeError, match=r"`x` must be numpy arrays or torch tensors, got list"):
+    with pytest.raises(TypeError, match=r"`x` must be numpy arrays, torch tensors or jax arrays, got list"):
         FORMAT.apply(_factors(), [1.0] * 5, index=(0, 0))
 
 
@@ -222,7 +222,7 @@ def test_fit_rejects_wrong_shape_and_dtype():
         f.fit(np.ones((4, 3)))
     with pytest.raises(TypeError, match=r"`dense` must be floating point, got int64"):
         f.fit(np.ones((2, 4, 3), dtype=np.int64))
-    with pytest.raises(TypeError, match=r"`dense` must be numpy arrays or torch tensors, got list"):
+    with pytest.raises(TypeError, match=r"`dense` must be numpy arrays, torch tensors or jax arrays, got list"):
         f.fit([[[1.0] * 3] * 4] * 2)
 
 

@@ -154,6 +154,7 @@ CONSTRUCTORS = {
     "TensorTrain": (decomp.TensorTrain, COMMON | {"in_modes": (3, 2), "out_modes": None, "share_stack": True}),
     "OrthogonalProjection": (decomp.OrthogonalProjection, COMMON | {"inner": 3}),
     "TensorNetwork": (decomp.TensorNetwork, NET),
+    "Sum": (lambda f1, f2: decomp.Sum(f1, f2), {"f1": decomp.LoRA((2,), 4, 6, 1), "f2": decomp.CP((2,), 4, 6, 2)}),
 }
 
 
@@ -176,6 +177,7 @@ FORMATS = {
     "TensorTrain": decomp.TensorTrain((2,), 4, 6, 2, share_stack=False),
     "OrthogonalProjection": decomp.OrthogonalProjection((2,), 4, 3, 1, inner=2),
     "TensorNetwork": decomp.TensorNetwork(**NET),
+    "Sum": decomp.Sum(decomp.LoRA((2,), 4, 3, 1), decomp.CP((2,), 4, 3, 2)),
 }
 
 

@@ -55,7 +55,7 @@ def test_a_sum_in_the_equation_says_to_write_each_term_as_its_own_format():
     equation = "or,ri+oq,qi->oi"
     message = (
         f"`equation` must be one einsum product of factors, got {equation!r} with a '+': a sum of networks is not "
-        "one einsum equation; write each term as its own format."
+        "one einsum equation; write each term as its own format and add them with decomp.Sum(f1, f2)."
     )
     with pytest.raises(ValueError, match=exact(message)):
         decomp.TensorNetwork(equation, {"o": 4, "r": 2, "q": 2, "i": 5}, out_indices="o", in_indices="i")

@@ -36,7 +36,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "tensorpeft"
-PLANNED = ("tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing")
+PLANNED = ("tensorpeft.decomp", "tensorpeft.nn", "tensorpeft.testing", "tensorpeft.gallery")
 
 
 # ---------------------------------------------------------------------------------------- discovery

@@ -85,7 +85,7 @@ def test_check_format_torch_only_and_skip():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(backends=("jax",)), r"`backends` must be a non-empty subset"),
+        (dict(backends=("cupy",)), r"`backends` must be a non-empty subset"),
         (dict(backends=()), r"`backends` must be a non-empty subset"),
         (dict(skip=("speed",)), r"`skip` names unknown checks \['speed'\]"),
     ],
@@ -389,7 +389,7 @@ def test_inputs_and_indices_strategies(data):
         (lambda: testing.cp_formats(max_rank=1.5), r"`max_rank`"),
         (lambda: testing.tensor_train_formats(max_stack=0), r"`max_stack`"),
         (lambda: testing.tensor_networks(max_factors=0), r"`max_factors`"),
-        (lambda: testing.factors(decomp.LoRA((), 2, 2, 1), backend="jax"), r"`backend`"),
+        (lambda: testing.factors(decomp.LoRA((), 2, 2, 1), backend="cupy"), r"`backend`"),
         (lambda: testing.factors(decomp.LoRA((), 2, 2, 1), dtype="int64"), r"`dtype`"),
         (lambda: testing.factors(decomp.LoRA((), 2, 2, 1), bound=-1.0), r"`bound`"),
         (lambda: testing.inputs(decomp.LoRA((), 2, 2, 1), max_batch=0), r"`max_batch`"),
