@@ -1,7 +1,6 @@
-"""Backend-agnostic formats of a stacked weight update ΔW (numpy and torch arrays alike)."""
+"""Backend-agnostic formats of a stacked weight update ΔW (numpy, torch and jax arrays alike)."""
 
 from . import validate
-from ._backend import BACKENDS, Ops, jax_x64_enabled, ops_for, ops_named
 from ._comparison import Comparison, ComparisonRow, compare
 from ._cp import CP
 from ._lora import LoRA
@@ -14,14 +13,12 @@ from ._tucker2 import Tucker2
 from ._welore import Spectrum, WeLoreMatrix, WeLoreResult, welore_ranks
 
 __all__ = [
-    "BACKENDS",
     "CP",
     "BudgetError",
     "BudgetPlan",
     "Comparison",
     "ComparisonRow",
     "LoRA",
-    "Ops",
     "OrthogonalProjection",
     "Spectrum",
     "Sum",
@@ -32,9 +29,6 @@ __all__ = [
     "WeLoreResult",
     "balanced_modes",
     "compare",
-    "jax_x64_enabled",
-    "ops_for",
-    "ops_named",
     "rank_for_budget",
     "validate",
     "welore_ranks",

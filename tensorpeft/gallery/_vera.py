@@ -27,7 +27,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..decomp import TensorNetwork, ops_named, validate
+from ..decomp import TensorNetwork, validate
+from ..decomp._backend import ops_named
 from ._common import check_args, stack_letters
 
 __all__ = ["VeRA", "vera"]

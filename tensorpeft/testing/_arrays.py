@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..decomp import ops_named
+from ..decomp._backend import ops_named
 from ..decomp.validate import check_backend, check_size
 from ._strategies import _check_nonnegative_int
 

@@ -14,7 +14,7 @@ from itertools import islice
 
 import numpy as np
 
-from ..decomp import jax_x64_enabled, ops_named
+from ..decomp._backend import jax_x64_enabled, ops_named
 from ..decomp.validate import check_seed
 from ._assert import assert_close, to_numpy
 from ._profiles import load_env_profile

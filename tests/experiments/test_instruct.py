@@ -233,6 +233,7 @@ def test_quick_decoder_compare_writes_table_json_and_plot(tiny_llm, tmp_path, ca
     assert (out_dir / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # 8 worker processes: ~50 s
 def test_concurrent_runs_give_the_rows_of_one_at_a_time_in_order(tiny_llm):
     from tensorpeft.experiments import CompareSettings, TrainSettings, parse_methods, run_compare
 
