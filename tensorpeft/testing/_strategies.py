@@ -346,13 +346,17 @@ MAX_NETWORK_SIZE = 2**10
 MAX_NETWORK_ELEMENTS = 2**20
 
 
-def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int = 3, max_elements: int = 96):
+def tensor_networks(
+    *, max_factors: int = 4, stack_modes: int = 2, max_size: int = 3, max_elements: int = 96, frozen: bool = True
+):
     """Strategy for random valid custom :class:`~tensorpeft.decomp.TensorNetwork` formats.
 
     Every index letter (stack, output, input or bond) is carried by a random non-empty set of factors,
     so the networks include shared stack modes, hyperedges (an index on three factors) and dangling
     bonds (on one factor only, hence summed; of size 1, as :class:`~tensorpeft.decomp.TensorNetwork`
-    requires of an index summed inside one factor). Features may be split into two modes.
+    requires of an index summed inside one factor). Features may be split into two modes. With
+    ``frozen``, some networks hold frozen factors (constants drawn from the seed, as in VeRA), never the
+    zero factor.
 
     Parameters
     ----------
@@ -365,6 +369,8 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
     max_elements : int
         Upper bound on every factor's size and on the dense tensor's size, so that gradchecks and
         naive references stay cheap (sizes are trimmed, largest first, until it holds); at most 2**20.
+    frozen : bool
+        Whether networks with frozen factors are drawn too (``frozen=``; named factors only).
 
     Returns
     -------
@@ -379,13 +385,16 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
     >>> @settings(max_examples=10)
     ... @given(tensor_networks())
     ... def test(fmt):
-    ...     assert fmt.num_params == sum(math.prod(s) for s in fmt.factor_shapes.values())
+    ...     counts = {n: math.prod(s) for n, s in fmt.factor_shapes.items()}
+    ...     assert fmt.num_params == sum(c for n, c in counts.items() if n not in fmt.frozen_names)
     >>> test()
     """
     max_factors = check_size(max_factors, "max_factors", MAX_NETWORK_FACTORS)
     stack_modes = _check_nonnegative_int(stack_modes, "stack_modes", MAX_NETWORK_STACK_MODES)
     max_size = check_size(max_size, "max_size", MAX_NETWORK_SIZE)
     max_elements = check_size(max_elements, "max_elements", MAX_NETWORK_ELEMENTS)
+    if not isinstance(frozen, bool):
+        raise TypeError(f"`frozen` must be a bool, got {frozen!r} ({type(frozen).__name__}).")
 
     @st.composite
     def build(draw):
@@ -412,6 +421,10 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
         terms = ["".join(draw(st.permutations(sorted(m)))) for m in members]
         names = draw(st.one_of(st.none(), st.just(tuple(f"factor_{k}" for k in range(n_factors)))))
         zero = draw(st.integers(0, n_factors - 1))
+        fixed = ()
+        if frozen and names is not None and n_factors > 1:
+            others = [n for k, n in enumerate(names) if k != zero]
+            fixed = tuple(n for n in names if n in draw(st.sets(st.sampled_from(others), max_size=len(others))))
         return TensorNetwork(
             f"{','.join(terms)}->{stack + out + inp}",
             sizes,
@@ -420,6 +433,7 @@ def tensor_networks(*, max_factors: int = 4, stack_modes: int = 2, max_size: int
             in_indices=inp,
             factor_names=names,
             zero_factor=None if names is None else names[zero],
+            frozen=fixed,
         )
 
     return build()

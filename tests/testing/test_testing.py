@@ -320,6 +320,8 @@ COVERAGE = {
             "a hyperedge": lambda f: any(sum(c in t for t in f.factor_indices.values()) >= 3 for c in f.sizes),
             "a dangling bond": lambda f: any(_is_dangling(f, c) for c in f.sizes),
             "a single factor": lambda f: len(f.factor_names) == 1,
+            "a frozen factor": lambda f: bool(f.frozen_names),
+            "two frozen factors": lambda f: len(f.frozen_names) >= 2,
         },
     ),
 }
@@ -448,6 +450,7 @@ LORA = decomp.LoRA((), 2, 2, rank=1)
         (lambda: testing.tensor_networks(max_size=2**31), ValueError, r"`max_size` must be at most 1,024"),
         (lambda: testing.tensor_networks(max_factors=10**9), ValueError, r"`max_factors` must be at most 16"),
         (lambda: testing.tensor_networks(max_elements=2**40), ValueError, r"`max_elements` must be at most"),
+        (lambda: testing.tensor_networks(frozen="yes"), TypeError, r"`frozen` must be a bool, got .yes."),
         (lambda: testing.factors(3), TypeError, r"`fmt` must be a format .* with `factor_shapes`, got int"),
         (lambda: testing.factors(LORA, bound="1"), TypeError, r"`bound` must be a positive finite number, got '1'"),
         (lambda: testing.factors(LORA, bound=float("nan")), ValueError, r"`bound` must be a positive finite"),
