@@ -117,6 +117,19 @@ def _check_ties(names: tuple[str, ...], inputs: list[str], sizes: dict[str, int]
 _FROZEN_EXPECTED = "`frozen` must be a tuple of distinct factor names (a tied factor once)"
 
 
+def check_frozen_values(frozen_values, frozen_names: tuple[str, ...]) -> None:
+    """TypeError unless ``frozen_values`` is a mapping; ValueError if it names a factor not in ``frozen_names``."""
+    if not isinstance(frozen_values, Mapping):
+        raise TypeError(
+            f"`frozen_values` must be None or a dict {{frozen factor name: array}}, got {type(frozen_values).__name__}."
+        )
+    unknown = [n for n in frozen_values if n not in frozen_names]
+    if unknown:
+        raise ValueError(
+            f"`frozen_values` names {unknown}, which are not frozen factors; expected some of {frozen_names}."
+        )
+
+
 def _check_frozen(frozen, names: tuple[str, ...]) -> tuple[str, ...]:
     """The frozen factor names, in the order of ``names``: known, each once, and not every factor."""
     if isinstance(frozen, str | bytes) or not isinstance(frozen, Iterable):
@@ -493,16 +506,7 @@ class TensorNetwork:
         """``factors`` with the given frozen factors (checked, converted like the drawn ones) in place."""
         if frozen_values is None:
             return factors
-        if not isinstance(frozen_values, Mapping):
-            raise TypeError(
-                "`frozen_values` must be None or a dict {frozen factor name: array}, "
-                f"got {type(frozen_values).__name__}."
-            )
-        unknown = [n for n in frozen_values if n not in self.frozen_names]
-        if unknown:
-            raise ValueError(
-                f"`frozen_values` names {unknown}, which are not frozen factors; expected some of {self.frozen_names}."
-            )
+        check_frozen_values(frozen_values, self.frozen_names)
         out = dict(factors)
         for name, value in frozen_values.items():
             argument = f"frozen_values[{name!r}]"
@@ -754,18 +758,28 @@ class TensorNetwork:
 
     @property
     def slice_rank(self) -> int:
-        """Upper bound on the rank of every slice ``ΔW[index]``: here ``min(out_features, in_features)``.
+        """Upper bound on the rank of every slice ``ΔW[index]``: the network's smallest cut.
 
-        Built-in formats override it with the tighter bound of their equation (the smaller side of a
-        bottleneck, hence a ``min``); :meth:`lora_factors` returns factors this wide.
+        Split the operands into a set ``S`` on the output side and the rest on the input side; a slice
+        then factors as (contraction of ``S``) @ (contraction of the rest) over the indices that cross:
+        a bond carried on both sides, an output index carried by an input-side operand and an input index
+        carried by an output-side operand (stack indices are fixed in a slice). The bound is the smallest
+        product of crossing sizes over all splits (``S`` empty gives ``out_features``, ``S`` everything
+        ``in_features``): e.g. ``min(a·c, b·d, a·d, b·c)`` for a Kronecker product ``A (a, b) ⊗ B (c, d)``,
+        whose rank is at most ``min(a, b)·min(c, d)``. Every split is tried up to 12 operands; beyond, the
+        splits of one operand against the rest. Built-in formats override it with their closed form;
+        :meth:`lora_factors` returns factors this wide.
         """
-        return min(self.out_features, self.in_features)
+        cached = self.__dict__.get("_slice_rank")
+        if cached is None:
+            cached = self.__dict__["_slice_rank"] = _min_cut(self)
+        return cached
 
     def lora_factors(self, factors, index=()):
         """``(B, A)``, ``B (out_features, R)`` and ``A (R, in_features)`` with ``B @ A == ΔW[index]``.
 
         ``R`` is :attr:`slice_rank`. This generic route materializes the slice and keeps its ``R``
-        leading singular pairs (exact here, since ``R = min(out, in)``); the built-in formats override it
+        leading singular pairs (exact, since ``R`` bounds the slice's rank); the built-in formats override it
         with closed forms, exact for LoRA, Tucker-2, CP and LoRA² (no dense matrix). Arrays stay in the
         factors' backend and dtype.
 
@@ -865,3 +879,35 @@ def fresh_letters(count: int, avoid: str, name: str = "stack") -> str:
     check_index_letters(count + len(set(avoid)), name)
     free = [c for c in _ASCII_LETTERS if c not in avoid]
     return "".join(free[:count])
+
+
+#: Largest operand count whose every split :func:`_min_cut` tries (2**12 splits).
+_EXHAUSTIVE_CUT_OPERANDS = 12
+
+
+def _min_cut(fmt: TensorNetwork) -> int:
+    """The smallest product of crossing index sizes over splits of the operands (see ``slice_rank``)."""
+    n = len(fmt.operand_indices)
+    carried = {}
+    for k, term in enumerate(fmt.operand_indices):
+        for c in term:
+            carried[c] = carried.get(c, 0) | (1 << k)
+    stack, out, inp = set(fmt.stack_indices), set(fmt.out_indices), set(fmt.in_indices)
+    letters = [(c, mask, fmt.sizes[c]) for c, mask in carried.items() if c not in stack and fmt.sizes[c] > 1]
+    everyone = (1 << n) - 1
+    if n <= _EXHAUSTIVE_CUT_OPERANDS:
+        splits = range(1 << n)
+    else:
+        splits = [0, everyone, *(1 << k for k in range(n)), *(everyone ^ (1 << k) for k in range(n))]
+    best = min(fmt.out_features, fmt.in_features)
+    for side in splits:  # ``side``: the operands on the output side
+        cost = 1
+        for c, mask, size in letters:
+            on_out = c in out or mask & side
+            on_in = c in inp or mask & ~side & everyone
+            if on_out and on_in:
+                cost *= size
+                if cost >= best:
+                    break
+        best = min(best, cost)
+    return best

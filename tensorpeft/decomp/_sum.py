@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _als
 from ._contract import contract
-from ._network import TensorNetwork
+from ._network import TensorNetwork, check_frozen_values
 from .validate import check_n_iter_max, check_seed, check_tol, normalize_index
 
 __all__ = ["Sum"]
@@ -212,16 +212,7 @@ class Sum(TensorNetwork):
         """``frozen_values`` (namespaced) as one dict per term, under the terms' own names."""
         if frozen_values is None:
             return [{} for _ in self.terms]
-        if not isinstance(frozen_values, Mapping):
-            raise TypeError(
-                "`frozen_values` must be None or a dict {frozen factor name: array}, "
-                f"got {type(frozen_values).__name__}."
-            )
-        unknown = [n for n in frozen_values if n not in self.frozen_names]
-        if unknown:
-            raise ValueError(
-                f"`frozen_values` names {unknown}, which are not frozen factors; expected some of {self.frozen_names}."
-            )
+        check_frozen_values(frozen_values, self.frozen_names)
         return [{own: frozen_values[n] for n, own in names.items() if n in frozen_values} for names in self._names]
 
     def _draw(self, verb: str, seed, backend, dtype, frozen_values) -> dict:
