@@ -177,6 +177,11 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def describe_formats(formats: Mapping) -> dict:
+    """``{name: {"repr", "num_params", "rank"}}`` of the benchmarked formats, for the JSON files."""
+    return {n: {"repr": repr(f), "num_params": f.num_params, "rank": f.rank} for n, f in formats.items()}
+
+
 def write_json(name: str, payload: Mapping) -> Path:
     """Write ``payload`` to ``benchmarks/results/<name>.json``; return the path."""
     RESULTS.mkdir(exist_ok=True)

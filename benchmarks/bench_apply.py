@@ -235,7 +235,7 @@ def main(argv=None) -> None:
                 "executors": executors,
                 "target_ratio_vs_lora": TARGET,
             },
-            "formats": {n: {"repr": repr(f), "num_params": f.num_params, "rank": f.rank} for n, f in fmts.items()},
+            "formats": _common.describe_formats(fmts),
             "cases": {
                 c: {
                     "median_s": med[c],

@@ -159,7 +159,7 @@ def main(argv=None) -> None:
                 "threads": args.threads,
                 "quick": args.quick,
             },
-            "formats": {n: {"repr": repr(f), "num_params": f.num_params, "rank": f.rank} for n, f in fmts.items()},
+            "formats": _common.describe_formats(fmts),
             "cases": {
                 c: {
                     "median_s": med[c],

@@ -2,18 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
-import tensorpeft as tp
 from tensorpeft import decomp, testing
 from tensorpeft.gallery._lora_krona import balanced_divisor, lora_krona
-
-WIDTH = 16
-
-
-def _tiny():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, WIDTH))
 
 
 def test_check_format_passes():
@@ -44,30 +35,6 @@ def test_every_slice_is_low_rank_plus_kronecker():
         np.testing.assert_allclose(dense[layer], expected, rtol=1e-12, atol=1e-13)
 
 
-def test_custom_config_train_step_merge_and_export(tmp_path):
-    peft = pytest.importorskip("peft")
-    config = tp.CustomConfig(factory=lora_krona, rank=2, target_modules=["0", "2"], alpha=1.0)
-    model = tp.get_peft_model(_tiny(), config)
-    x, y = torch.randn(8, WIDTH), torch.randn(8, WIDTH)
-    with torch.no_grad():
-        assert torch.equal(model(x), _tiny()(x))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for step in range(2):
-        opt.zero_grad()
-        loss = ((model(x) - y) ** 2).mean()
-        loss.backward()
-        if step == 1:
-            dead = [n for n, p in model.tensor_adapters.named_parameters() if p.grad is None or not torch.any(p.grad)]
-            assert not dead
-        opt.step()
-        losses.append(loss.item())
-    assert losses[1] < losses[0]
-    with torch.no_grad():
-        adapted = model(x)
-    model.export_lora(tmp_path / "lora")
-    lora = peft.PeftModel.from_pretrained(_tiny(), tmp_path / "lora")
-    with torch.no_grad():
-        torch.testing.assert_close(lora(x), adapted, rtol=1e-5, atol=1e-5)
-        merged = model.merge_and_unload()(x)
-    torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-6)
+def test_custom_config_end_to_end(gallery_helpers, tmp_path):
+    fmt = gallery_helpers.end_to_end(lora_krona, 2, tmp_path)
+    assert fmt.terms[1].slice_rank == 16  # 4 x 4 blocks of 4 x 4: a Kronecker product is full rank here
