@@ -30,12 +30,15 @@ def test_decoder_targets_use_zero_shot_and_a_tenth_of_lora(quality):
         _row("cp:100", 101, [0.81, 0.81, 0.81]),  # within a point but above 1/10: missed
         _row("tucker2:tiny", 25, [0.70, 0.71, 0.69]),
         _row("cp:tiny", 25, [0.50, 0.52, 0.48]),  # not above zero-shot
+        _row("tt:tiny", 20, [0.60, 0.62, 0.61]),
     ]
     targets = {t["target"]: t for t in quality._targets(rows, share=1 / 10, matched="100")}
     assert targets["tucker2:100 within 1 point of lora:r8 at <= 0.1 of its parameters"]["met"]
     assert not targets["cp:100 within 1 point of lora:r8 at <= 0.1 of its parameters"]["met"]
     assert targets["tucker2:tiny beats zero-shot clearly"]["met"]
     assert not targets["cp:tiny beats zero-shot clearly"]["met"]
+    assert targets["tt:tiny beats zero-shot clearly"]["met"]  # every tensor format in the tiny regime
+    assert not any(name.startswith("tt:100") for name in targets)  # the matched-budget claim is Tucker-2's and CP's
 
 
 def test_encoder_targets_keep_head_and_the_r1_budget(quality):
