@@ -37,7 +37,7 @@ EXPECTED_SLICE_RANK = {
     "tt_shared": 2,
     "tt_per_slice": 3,
     "orthogonal": 2,
-    "custom": 5,
+    "custom": 2,  # the generic bound, the smallest cut: bond r (or q), not min(6, 5)
 }
 
 
