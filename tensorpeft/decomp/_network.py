@@ -770,10 +770,7 @@ class TensorNetwork:
         splits of one operand against the rest. Built-in formats override it with their closed form;
         :meth:`lora_factors` returns factors this wide.
         """
-        cached = self.__dict__.get("_slice_rank")
-        if cached is None:
-            cached = self.__dict__["_slice_rank"] = _min_cut(self)
-        return cached
+        return _min_cut(self)
 
     def lora_factors(self, factors, index=()):
         """``(B, A)``, ``B (out_features, R)`` and ``A (R, in_features)`` with ``B @ A == ΔW[index]``.

@@ -424,7 +424,8 @@ def tensor_networks(
         fixed = ()
         if frozen and names is not None and n_factors > 1:
             others = [n for k, n in enumerate(names) if k != zero]
-            fixed = tuple(n for n in names if n in draw(st.sets(st.sampled_from(others), max_size=len(others))))
+            chosen = draw(st.sets(st.sampled_from(others), max_size=len(others)))
+            fixed = tuple(n for n in names if n in chosen)
         return TensorNetwork(
             f"{','.join(terms)}->{stack + out + inp}",
             sizes,

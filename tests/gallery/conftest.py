@@ -84,8 +84,7 @@ def end_to_end(factory, rank, tmp_path, seed=0):
     assert float((out - adapted).norm() / adapted.norm()) < 1e-5
 
     peft = pytest.importorskip("peft")
-    export = tp.TensorPeftModel.from_pretrained(tiny(), tmp_path / "adapter")
-    export.export_lora(tmp_path / "lora")
+    loaded.export_lora(tmp_path / "lora")
     lora = peft.PeftModel.from_pretrained(tiny(), tmp_path / "lora")
     assert all(p.shape[0] <= fmt.slice_rank for n, p in lora.named_parameters() if "lora_A" in n)
     with torch.no_grad():
